@@ -1,0 +1,502 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * imdstrace: observe every packet to and from the instance metadata
+ * endpoints at the points that decide whether a response reaches its pod.
+ *
+ *   cgroup_skb/egress   a local socket sends        (TTL the client set)
+ *   cgroup_skb/ingress  delivered to a local socket (the response arrived)
+ *   tc egress  uplink   leaving the node            (TTL after the node's hops)
+ *   tc ingress uplink   arriving from the endpoint  (TTL = hop limit budget)
+ *   tp_btf/kfree_skb    freed with a drop reason    (where and why it died)
+ *   tp_btf/icmp_send    ICMP error generated        (time exceeded, 6.9+)
+ *
+ * Observe only: tc programs return TC_ACT_UNSPEC ("continue with the next
+ * program or filter") rather than TC_ACT_OK, which on tcx and in a cls_bpf
+ * chain would end classification and skip programs behind ours, such as a
+ * CNI's datapath.  cgroup_skb programs return 1 (allow).
+ */
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+
+#include "kernel_types.bpf.h"
+#include "packet.bpf.h"
+#include "imdstrace.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Set by the loader from the running kernel's BTF (see core_fixes note). */
+const volatile bool kfree_skb_has_reason = true;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, IMDS_HOOK_MAX * IMDS_CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+static __always_inline void count(__u8 hook, __u32 what)
+{
+	__u32 key = (__u32)hook * IMDS_CNT_MAX + what;
+	__u64 *v = bpf_map_lookup_elem(&counters, &key);
+
+	if (v)
+		*v += 1;
+}
+
+/* Where a packet's bytes come from: an skb program's context, or kernel
+ * memory (tracepoints).  Inlined with a constant source, the other branch
+ * folds away, so tracing programs never reference skb-only helpers. */
+struct pkt_src {
+	struct __sk_buff *skb; /* skb programs */
+	__u32 l3_off;          /* offset of the IP header in skb data      */
+	const __u8 *l3;        /* tracepoints: kernel address of IP header */
+};
+
+static __always_inline long pkt_load(const struct pkt_src *src, __u32 off, void *to, __u32 len)
+{
+	if (src->skb)
+		return bpf_skb_load_bytes(src->skb, src->l3_off + off, to, len);
+	return bpf_probe_read_kernel(to, len, src->l3 + off);
+}
+
+/* Decoded network layer of one packet. */
+struct l3_info {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u32 l4_off;      /* from the IP header */
+	__u32 l4_len;      /* bytes after the IP header (from the IP length) */
+	__u16 ip_id;
+	__u8 family;
+	__u8 proto;
+	__u8 ttl;
+};
+
+static __always_inline int parse_ipv4(const struct pkt_src *src, struct l3_info *l3)
+{
+	struct iphdr iph;
+	__u32 ihl;
+
+	if (pkt_load(src, 0, &iph, sizeof(iph)))
+		return -1;
+	if (iph.version != 4)
+		return -1;
+	ihl = iph.ihl * 4;
+	if (ihl < sizeof(iph))
+		return -1;
+	__builtin_memcpy(l3->saddr, &iph.saddr, 4);
+	__builtin_memcpy(l3->daddr, &iph.daddr, 4);
+	l3->family = IMDS_AF_INET;
+	l3->proto = iph.protocol;
+	l3->ttl = iph.ttl;
+	l3->ip_id = bpf_ntohs(iph.id);
+	l3->l4_off = ihl;
+	l3->l4_len = bpf_ntohs(iph.tot_len) > ihl ? bpf_ntohs(iph.tot_len) - ihl : 0;
+	return 0;
+}
+
+static __always_inline int parse_ipv6(const struct pkt_src *src, struct l3_info *l3)
+{
+	struct ipv6hdr ip6;
+
+	if (pkt_load(src, 0, &ip6, sizeof(ip6)))
+		return -1;
+	if (ip6.version != 6)
+		return -1;
+	__builtin_memcpy(l3->saddr, &ip6.saddr, 16);
+	__builtin_memcpy(l3->daddr, &ip6.daddr, 16);
+	l3->family = IMDS_AF_INET6;
+	/* Extension headers are not followed: IMDS traffic carries none. */
+	l3->proto = ip6.nexthdr;
+	l3->ttl = ip6.hop_limit;
+	l3->ip_id = 0;
+	l3->l4_off = sizeof(ip6);
+	l3->l4_len = bpf_ntohs(ip6.payload_len);
+	return 0;
+}
+
+static __always_inline __u32 match_addr(__u8 family, const __u8 *addr)
+{
+	if (family == IMDS_AF_INET) {
+		__be32 a;
+
+		__builtin_memcpy(&a, addr, 4);
+		return match_v4_addr(a);
+	}
+	return match_v6_addr((const __u32 *)addr);
+}
+
+static __always_inline void copy_l3(struct imds_event *e, const struct l3_info *l3)
+{
+	__builtin_memcpy(e->saddr, l3->saddr, 16);
+	__builtin_memcpy(e->daddr, l3->daddr, 16);
+	e->family = l3->family;
+	e->ip_proto = l3->proto;
+	e->ttl = l3->ttl;
+	e->ip_id = l3->ip_id;
+}
+
+/*
+ * An ICMP error travelling toward a target quotes the packet it is about:
+ * for imdstrace, a response from the target that expired on this node.
+ * Returns the target index of the quoted packet's source, or NO_TARGET.
+ */
+static __always_inline __u32 parse_icmp_quote(const struct pkt_src *src, const struct l3_info *outer,
+					      struct l3_info *inner, struct tcphdr *th,
+					      __u8 *type, __u8 *code)
+{
+	struct pkt_src quote = *src;
+	__u8 hdr[2];
+	__u32 idx;
+
+	if (pkt_load(src, outer->l4_off, hdr, sizeof(hdr)))
+		return IMDS_NO_TARGET;
+	*type = hdr[0];
+	*code = hdr[1];
+	if (outer->family == IMDS_AF_INET) {
+		if (hdr[0] != ICMP_TIME_EXCEEDED && hdr[0] != ICMP_DEST_UNREACH)
+			return IMDS_NO_TARGET;
+	} else {
+		if (hdr[0] != ICMPV6_TIME_EXCEED && hdr[0] != ICMPV6_DEST_UNREACH)
+			return IMDS_NO_TARGET;
+	}
+	/* The quoted packet starts after the 8-byte ICMP header. */
+	if (src->skb)
+		quote.l3_off += outer->l4_off + 8;
+	else
+		quote.l3 += outer->l4_off + 8;
+	if (outer->family == IMDS_AF_INET) {
+		if (parse_ipv4(&quote, inner))
+			return IMDS_NO_TARGET;
+	} else {
+		if (parse_ipv6(&quote, inner))
+			return IMDS_NO_TARGET;
+	}
+	if (inner->proto != IPPROTO_TCP)
+		return IMDS_NO_TARGET;
+	idx = match_addr(inner->family, inner->saddr);
+	if (idx == IMDS_NO_TARGET)
+		return IMDS_NO_TARGET;
+	/* RFC 792 guarantees 8 bytes of the quoted L4 header: ports and seq. */
+	__builtin_memset(th, 0, sizeof(*th));
+	if (pkt_load(&quote, inner->l4_off, th, 8))
+		return IMDS_NO_TARGET;
+	if (!port_matches(inner->family, idx, th->source))
+		return IMDS_NO_TARGET;
+	return idx;
+}
+
+static __always_inline struct imds_event *reserve(__u8 hook)
+{
+	struct imds_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (!e) {
+		count(hook, IMDS_CNT_LOST);
+		return NULL;
+	}
+	event_init(e, hook);
+	return e;
+}
+
+static __always_inline void submit(struct imds_event *e, __u8 hook)
+{
+	bpf_ringbuf_submit(e, 0);
+	count(hook, IMDS_CNT_EMITTED);
+}
+
+/*
+ * Target traffic seen by an skb program.  `from_target` says which address
+ * the fast path matched: the source (ingress hooks) or the destination.
+ */
+static __attribute__((noinline)) int observe_target(struct __sk_buff *skb, __u32 l3_off, __u8 hook,
+						    bool from_target, bool ipv6)
+{
+	struct pkt_src src = { .skb = skb, .l3_off = l3_off };
+	struct l3_info l3 = {}, inner = {};
+	struct tcphdr th = {};
+	struct imds_event *e;
+	__u8 icmp_type = 0, icmp_code = 0, dir;
+	__u32 idx, payload_off, payload_len, n;
+
+	if (ipv6 ? parse_ipv6(&src, &l3) : parse_ipv4(&src, &l3))
+		return 0;
+	idx = match_addr(l3.family, from_target ? l3.saddr : l3.daddr);
+	if (idx == IMDS_NO_TARGET)
+		return 0;
+
+	if (l3.proto == IPPROTO_TCP) {
+		if (pkt_load(&src, l3.l4_off, &th, sizeof(th)))
+			return 0;
+		if (!port_matches(l3.family, idx, from_target ? th.source : th.dest))
+			return 0;
+		dir = from_target ? IMDS_DIR_FROM_TARGET : IMDS_DIR_TO_TARGET;
+	} else if (!from_target && (l3.proto == IPPROTO_ICMP || l3.proto == IPPROTO_ICMPV6)) {
+		idx = parse_icmp_quote(&src, &l3, &inner, &th, &icmp_type, &icmp_code);
+		if (idx == IMDS_NO_TARGET)
+			return 0;
+		dir = IMDS_DIR_ICMP_ABOUT;
+	} else {
+		return 0;
+	}
+
+	count(hook, IMDS_CNT_SEEN);
+	e = reserve(hook);
+	if (!e)
+		return 0;
+	e->ifindex = skb->ifindex;
+	e->direction = dir;
+	e->target_index = target_table_index(l3.family, idx);
+	if (hook == IMDS_HOOK_CGROUP_EGRESS || hook == IMDS_HOOK_CGROUP_INGRESS)
+		e->cgroup_id = bpf_skb_cgroup_id(skb);
+	e->sk_cookie = bpf_get_socket_cookie(skb);
+	if (e->sk_cookie)
+		e->flags |= IMDS_F_SK_PRESENT;
+
+	if (dir == IMDS_DIR_ICMP_ABOUT) {
+		copy_l3(e, &inner);
+		e->ip_proto = l3.proto; /* the carrier is ICMP; the quote is TCP */
+		e->flags |= IMDS_F_ICMP_QUOTE;
+		e->icmp_type = icmp_type;
+		e->icmp_code = icmp_code;
+		fill_tcp(e, &th);
+		e->tcp_flags = 0; /* only 8 quoted bytes are guaranteed */
+		submit(e, hook);
+		return 0;
+	}
+
+	copy_l3(e, &l3);
+	fill_tcp(e, &th);
+	payload_off = l3.l4_off + th.doff * 4;
+	payload_len = l3.l4_len > th.doff * 4 ? l3.l4_len - th.doff * 4 : 0;
+	e->payload_len = payload_len;
+	n = payload_len;
+	if (n > IMDS_PAYLOAD_MAX) {
+		n = IMDS_PAYLOAD_MAX;
+		e->flags |= IMDS_F_TRUNCATED;
+	}
+	/* Copy what the linear + paged data holds; a short skb copies less. */
+	if (skb->len <= l3_off + payload_off)
+		n = 0;
+	else if (n > skb->len - l3_off - payload_off)
+		n = skb->len - l3_off - payload_off;
+	if (n > 0 && n <= IMDS_PAYLOAD_MAX) {
+		if (bpf_skb_load_bytes(skb, l3_off + payload_off, e->payload, n) == 0)
+			e->copied = n;
+	}
+	submit(e, hook);
+	return 0;
+}
+
+/*
+ * The fast path every packet of the node pays: one bounds check, one
+ * address load, compare against the targets.  Non-linear heads fall back
+ * to the full parser, which copies the header out.
+ */
+static __always_inline void observe_skb(struct __sk_buff *skb, __u32 l3_off, __u8 hook, bool from_target)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr *iph = data + l3_off;
+
+		if ((void *)(iph + 1) <= data_end &&
+		    match_v4_addr(from_target ? iph->saddr : iph->daddr) == IMDS_NO_TARGET)
+			return;
+		observe_target(skb, l3_off, hook, from_target, false);
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = data + l3_off;
+
+		if (n_targets_v6 == 0)
+			return;
+		if ((void *)(ip6 + 1) <= data_end &&
+		    match_v6_addr(from_target ? (const __u32 *)&ip6->saddr : (const __u32 *)&ip6->daddr) ==
+			    IMDS_NO_TARGET)
+			return;
+		observe_target(skb, l3_off, hook, from_target, true);
+	}
+}
+
+/* tc on an Ethernet uplink: the IP header follows the 14-byte MAC header. */
+#define UPLINK_L2_LEN 14
+
+SEC("tc")
+int uplink_ingress(struct __sk_buff *skb)
+{
+	observe_skb(skb, UPLINK_L2_LEN, IMDS_HOOK_UPLINK_INGRESS, true);
+	return TC_ACT_UNSPEC;
+}
+
+SEC("tc")
+int uplink_egress(struct __sk_buff *skb)
+{
+	observe_skb(skb, UPLINK_L2_LEN, IMDS_HOOK_UPLINK_EGRESS, false);
+	return TC_ACT_UNSPEC;
+}
+
+/* cgroup_skb programs see the packet from the IP header on. */
+SEC("cgroup_skb/egress")
+int socket_egress(struct __sk_buff *skb)
+{
+	observe_skb(skb, 0, IMDS_HOOK_CGROUP_EGRESS, false);
+	return 1;
+}
+
+SEC("cgroup_skb/ingress")
+int socket_ingress(struct __sk_buff *skb)
+{
+	observe_skb(skb, 0, IMDS_HOOK_CGROUP_INGRESS, true);
+	return 1;
+}
+
+/* A kernel skb on its way out: decode it from its network header. */
+static __always_inline int kernel_skb_l3(struct sk_buff *skb, struct pkt_src *src, __u8 *version)
+{
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 nh = BPF_CORE_READ(skb, network_header);
+	__u8 first;
+
+	if (!head || nh == (__u16)~0U)
+		return -1;
+	src->skb = NULL;
+	src->l3 = head + nh;
+	if (bpf_probe_read_kernel(&first, 1, src->l3))
+		return -1;
+	*version = first >> 4;
+	return 0;
+}
+
+static __always_inline __u32 kernel_skb_netns(struct sk_buff *skb)
+{
+	struct net_device *dev = BPF_CORE_READ(skb, dev);
+
+	if (!dev)
+		return 0;
+	return BPF_CORE_READ(dev, nd_net.net, ns.inum);
+}
+
+/* Match a kernel skb against the targets in either direction. */
+static __always_inline int classify_kernel_skb(struct sk_buff *skb, struct l3_info *l3, struct tcphdr *th,
+					       __u32 *idx, __u8 *dir)
+{
+	struct pkt_src src = {};
+	__u8 version;
+
+	if (kernel_skb_l3(skb, &src, &version))
+		return -1;
+	if (version == 4) {
+		if (parse_ipv4(&src, l3))
+			return -1;
+	} else if (version == 6) {
+		if (n_targets_v6 == 0 || parse_ipv6(&src, l3))
+			return -1;
+	} else {
+		return -1;
+	}
+	if (l3->proto != IPPROTO_TCP)
+		return -1;
+	*dir = IMDS_DIR_FROM_TARGET;
+	*idx = match_addr(l3->family, l3->saddr);
+	if (*idx == IMDS_NO_TARGET) {
+		*dir = IMDS_DIR_TO_TARGET;
+		*idx = match_addr(l3->family, l3->daddr);
+		if (*idx == IMDS_NO_TARGET)
+			return -1;
+	}
+	if (pkt_load(&src, l3->l4_off, th, sizeof(*th)))
+		return -1;
+	if (!port_matches(l3->family, *idx, *dir == IMDS_DIR_FROM_TARGET ? th->source : th->dest))
+		return -1;
+	return 0;
+}
+
+static __always_inline void fill_kernel_event(struct imds_event *e, struct sk_buff *skb,
+					      const struct l3_info *l3, const struct tcphdr *th, __u32 idx,
+					      __u8 dir)
+{
+	struct net_device *dev = BPF_CORE_READ(skb, dev);
+
+	copy_l3(e, l3);
+	fill_tcp(e, th);
+	e->direction = dir;
+	e->target_index = target_table_index(l3->family, idx);
+	e->ifindex = dev ? BPF_CORE_READ(dev, ifindex) : 0;
+	e->netns_cookie = kernel_skb_netns(skb);
+	if (BPF_CORE_READ(skb, sk))
+		e->flags |= IMDS_F_SK_PRESENT;
+	e->payload_len = l3->l4_len > th->doff * 4 ? l3->l4_len - th->doff * 4 : 0;
+}
+
+/*
+ * kfree_skb(skb, location[, reason[, rx_sk]]).  The reason argument exists
+ * since v5.17 (commit c504e5c2f964 "net: skb: introduce kfree_skb_reason()");
+ * the loader clears kfree_skb_has_reason on older kernels so the verifier
+ * never sees the ctx[2] access there.  v6.2 routes consume_skb() through
+ * the same path with SKB_CONSUMED: that is not a drop.
+ */
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(observe_drop, struct sk_buff *skb, void *location)
+{
+	struct l3_info l3 = {};
+	struct tcphdr th = {};
+	struct imds_event *e;
+	__u32 reason = 0, idx;
+	__u8 dir;
+
+	if (kfree_skb_has_reason) {
+		reason = (__u32)ctx[2];
+		if (bpf_core_enum_value_exists(enum skb_drop_reason, SKB_CONSUMED) &&
+		    reason == bpf_core_enum_value(enum skb_drop_reason, SKB_CONSUMED))
+			return 0;
+	}
+	if (classify_kernel_skb(skb, &l3, &th, &idx, &dir))
+		return 0;
+
+	count(IMDS_HOOK_DROP, IMDS_CNT_SEEN);
+	count(IMDS_HOOK_DROP, IMDS_CNT_DROPS_SEEN);
+	e = reserve(IMDS_HOOK_DROP);
+	if (!e)
+		return 0;
+	fill_kernel_event(e, skb, &l3, &th, idx, dir);
+	e->location = (__u64)location;
+	e->drop_reason = reason;
+	if (kfree_skb_has_reason)
+		e->flags |= IMDS_F_HAS_REASON;
+	submit(e, IMDS_HOOK_DROP);
+	return 0;
+}
+
+/*
+ * icmp_send(skb, type, code): the tracepoint exists since v6.9 (commit
+ * db3efdcf70c7 "net/ipv4: add tracepoint for icmp_send").  The loader only
+ * loads this program where the kernel's BTF has btf_trace_icmp_send; on
+ * older kernels the ICMP error is seen leaving the uplink instead.
+ */
+SEC("tp_btf/icmp_send")
+int BPF_PROG(observe_icmp_send, struct sk_buff *skb, int type, int code)
+{
+	struct l3_info l3 = {};
+	struct tcphdr th = {};
+	struct imds_event *e;
+	__u32 idx;
+	__u8 dir;
+
+	if (classify_kernel_skb(skb, &l3, &th, &idx, &dir))
+		return 0;
+	count(IMDS_HOOK_ICMP_SEND, IMDS_CNT_SEEN);
+	e = reserve(IMDS_HOOK_ICMP_SEND);
+	if (!e)
+		return 0;
+	fill_kernel_event(e, skb, &l3, &th, idx, dir);
+	e->icmp_type = type;
+	e->icmp_code = code;
+	submit(e, IMDS_HOOK_ICMP_SEND);
+	return 0;
+}

@@ -1,0 +1,61 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * The few kernel-internal types imdstrace reads, declared for CO-RE.
+ *
+ * Why not a generated vmlinux.h: it would tie the build to the build
+ * machine's /sys/kernel/btf/vmlinux (absent in many build containers), pull
+ * ~150k lines into every compile, and collide with the UAPI headers we use
+ * for packet parsing.  With preserve_access_index, libbpf relocates every
+ * field below against the running kernel's BTF at load time, so only the
+ * names matter here, not the offsets or the order of the fields.
+ */
+#ifndef IMDSTRACE_KERNEL_TYPES_BPF_H
+#define IMDSTRACE_KERNEL_TYPES_BPF_H
+
+#include <linux/types.h>
+
+#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+
+struct ns_common {
+	unsigned int inum;
+};
+
+struct net {
+	struct ns_common ns;
+};
+
+typedef struct {
+	struct net *net;
+} possible_net_t;
+
+struct net_device {
+	int ifindex;
+	possible_net_t nd_net;
+};
+
+struct sock;
+
+struct sk_buff {
+	unsigned int len;
+	__u16 transport_header;
+	__u16 network_header;
+	__u16 mac_header;
+	__be16 protocol;
+	unsigned char *head;
+	unsigned char *data;
+	struct net_device *dev;
+	struct sock *sk;
+};
+
+#pragma clang attribute pop
+
+/*
+ * Only the values whose presence we test; the numbering differs between
+ * kernels, so userspace names reasons from the running kernel's BTF.
+ */
+enum skb_drop_reason {
+	SKB_NOT_DROPPED_YET = 0,
+	SKB_CONSUMED = 1, /* v6.2: consume_skb() folded into the reason enum */
+};
+
+#endif /* IMDSTRACE_KERNEL_TYPES_BPF_H */

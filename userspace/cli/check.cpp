@@ -1,0 +1,138 @@
+#include "cli/check.hpp"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <iostream>
+
+#include "loader/tracer.hpp"
+#include "loader/uplink.hpp"
+
+namespace imdstrace {
+namespace {
+
+struct CheckLine {
+    std::string name;
+    bool ok = true;
+    bool required = true;
+    std::string detail;
+    std::string hint;  // what to do when not ok
+};
+
+std::uint64_t effective_caps() {
+    std::ifstream status("/proc/self/status");
+    std::string line;
+    while (std::getline(status, line))
+        if (line.starts_with("CapEff:")) return std::stoull(line.substr(7), nullptr, 16);
+    return 0;
+}
+
+}  // namespace
+
+int run_check(const SessionOptions& opts, const std::string& output) {
+    std::vector<CheckLine> lines;
+    auto kf = KernelFeatures::probe();
+    lines.push_back({"kernel", true, true, kf.release, ""});
+    lines.push_back({"btf", kf.has_btf, true, kf.has_btf ? "/sys/kernel/btf/vmlinux" : "missing",
+                     "use a kernel built with CONFIG_DEBUG_INFO_BTF=y (all EKS AMIs, Bottlerocket, AL2023)"});
+
+    auto caps = effective_caps();
+    auto has = [caps](int bit) { return (caps >> bit) & 1; };
+    constexpr int kNetAdmin = 12, kSysAdmin = 21, kPerfmon = 38, kBpf = 39;
+    bool bpf_ok = has(kSysAdmin) || (has(kBpf) && has(kPerfmon));
+    bool priv_ok = bpf_ok && has(kNetAdmin);
+    lines.push_back({"privileges", priv_ok, true,
+                     fmt::format("euid {}, CAP_BPF {}, CAP_PERFMON {}, CAP_NET_ADMIN {}, CAP_SYS_ADMIN {}", geteuid(),
+                                 has(kBpf) ? "yes" : "no", has(kPerfmon) ? "yes" : "no", has(kNetAdmin) ? "yes" : "no",
+                                 has(kSysAdmin) ? "yes" : "no"),
+                     "run as root, or grant CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN"});
+
+    auto mount = find_cgroup2_mount(opts.host_root);
+    if (opts.cgroup == "none") {
+        lines.push_back({"cgroup2", true, false, "socket hooks disabled (--cgroup none)", ""});
+    } else {
+        std::string dir = opts.cgroup.empty() ? mount.value_or("") : opts.cgroup;
+        struct stat st{};
+        bool ok = !dir.empty() && ::stat(dir.c_str(), &st) == 0;
+        lines.push_back({"cgroup2", ok, true,
+                         ok ? fmt::format("socket hooks on {} (mount {})", dir, mount.value_or("?"))
+                            : (dir.empty() ? "no cgroup2 mount" : dir + " does not exist"),
+                         "mount cgroup2 (mount -t cgroup2 none /sys/fs/cgroup) or pass --cgroup DIR / --cgroup none"});
+    }
+
+    bool any_uplink = false;
+    for (const auto& t : opts.targets) {
+        std::string why;
+        auto i = route_interface(t.addr, &why);
+        any_uplink |= i.has_value();
+        lines.push_back({"uplink " + t.str(), i.has_value(), false, i ? "via " + i->name : "no route (" + why + ")",
+                         "no route to this target from this network namespace; pass --iface NAME if it is reached "
+                         "some other way"});
+    }
+    if (!opts.ifaces.empty()) {
+        for (const auto& n : opts.ifaces) {
+            auto i = interface_by_name(n);
+            any_uplink |= i.has_value();
+            lines.push_back({"iface " + n, i.has_value(), true, i ? "ifindex " + std::to_string(i->ifindex) : "absent",
+                             "no interface of that name in this network namespace"});
+        }
+    }
+    lines.push_back({"uplinks", any_uplink, true, any_uplink ? "found" : "none",
+                     "no interface routes to a target: pass --iface NAME (the interface toward IMDS)"});
+
+    lines.push_back({"drop path", true, false,
+                     kf.kfree_skb_reason ? "tp_btf/kfree_skb with drop reasons (reason names from kernel BTF)"
+                                         : "tp_btf/kfree_skb without reasons (kernel < 5.17): locations only",
+                     ""});
+    lines.push_back({"icmp path", true, false,
+                     kf.icmp_send_tracepoint ? "tp_btf/icmp_send (6.9+) and ICMP leaving the uplink"
+                                             : "ICMP leaving the uplink (no icmp_send tracepoint before 6.9)",
+                     ""});
+    lines.push_back({"tc attach", true, false,
+                     kf.tcx ? "tcx links (6.6+): released by the kernel even if imdstrace is killed"
+                            : "netlink tc filters in a clsact qdisc (kernel < 6.6): removed on exit",
+                     ""});
+    lines.push_back({"tracefs", true, false,
+                     kf.tracefs_mounted ? "mounted (not needed)" : "not mounted (not needed: tp_btf attaches via BTF)",
+                     ""});
+
+    // The verifier's verdict on this kernel: load every program, attach none.
+    if (kf.has_btf && bpf_ok) {
+        TracerConfig tc;
+        tc.targets = opts.targets;
+        tc.uplinks = {Interface{1, "lo"}};
+        tc.cgroup_dir = "/";
+        tc.attach = false;
+        try {
+            Tracer::start(tc, kf, [](std::span<const std::uint8_t>) {});
+            lines.push_back({"bpf load", true, true, "all programs accepted by the verifier", ""});
+        } catch (const std::exception& e) {
+            lines.push_back({"bpf load", false, true, e.what(), "run with --log-level debug and report the log"});
+        }
+    }
+
+    bool ok = true;
+    for (const auto& l : lines) ok &= l.ok || !l.required;
+    if (output == "json") {
+        nlohmann::json j;
+        j["schema"] = "imdstrace.check/v1";
+        j["ok"] = ok;
+        for (const auto& l : lines)
+            j["checks"].push_back({{"name", l.name}, {"ok", l.ok}, {"required", l.required}, {"detail", l.detail},
+                                   {"hint", l.ok ? "" : l.hint}});
+        std::cout << j.dump(2) << std::endl;
+    } else {
+        for (const auto& l : lines) {
+            const char* tag = l.ok ? "ok  " : (l.required ? "FAIL" : "warn");
+            std::cout << fmt::format("{}  {:<28} {}\n", tag, l.name, l.detail);
+            if (!l.ok) std::cout << fmt::format("      {:<28} -> {}\n", "", l.hint);
+        }
+        std::cout << (ok ? "imdstrace can run here.\n" : "imdstrace cannot run here: fix the FAIL lines above.\n");
+    }
+    return ok ? 0 : 1;
+}
+
+}  // namespace imdstrace

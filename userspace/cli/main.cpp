@@ -1,0 +1,221 @@
+// imdstrace: why can't this pod reach the instance metadata service?
+#include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <csignal>
+#include <fstream>
+#include <iostream>
+
+#include "cli/check.hpp"
+#include "cli/session.hpp"
+#include "sinks/json.hpp"
+#include "sinks/text.hpp"
+#include "verdict/diagnosis.hpp"
+
+using namespace imdstrace;
+
+namespace {
+
+constexpr int kExitHealthy = 0;
+constexpr int kExitRuntime = 1;
+constexpr int kExitUsage = 2;
+constexpr int kExitFailures = 3;
+
+std::atomic<bool> g_stop{false};
+
+void on_signal(int) { g_stop.store(true); }
+
+void install_signal_handlers() {
+    struct sigaction sa{};
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaction(sig, &sa, nullptr);
+    signal(SIGPIPE, SIG_IGN);
+}
+
+struct CommonArgs {
+    std::vector<std::string> ifaces;
+    std::vector<std::string> targets;
+    std::string cgroup;
+    std::string pods = "auto";
+    std::string host_root = "/";
+    std::string output = "text";
+    std::string events;
+    std::string pcap;
+    std::string metrics;
+    std::string ready_file;
+    double duration = 0;
+    std::string log_level = "info";
+    bool no_tcx = false;
+};
+
+void add_common(CLI::App* app, CommonArgs& a, bool tracing) {
+    app->add_option("-o,--output", a.output, "Output format")->check(CLI::IsMember({"text", "json"}));
+    app->add_option("--log-level", a.log_level, "trace|debug|info|warn|error")
+        ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
+    if (!tracing) return;
+    app->add_option("--iface", a.ifaces, "Uplink interface (repeatable; default: the routes to the targets)");
+    app->add_option("--target", a.targets,
+                    "Metadata endpoint ADDR[:PORT] (repeatable; default 169.254.169.254:80 and [fd00:ec2::254]:80)");
+    app->add_option("--cgroup", a.cgroup, "cgroup v2 directory for the socket hooks (default: the cgroup2 root; none)");
+    app->add_option("--pods", a.pods, "Pod resolver: auto|k8s-node|k8s-api|static:FILE|none");
+    app->add_option("--host-root", a.host_root, "Where the host's /proc, /sys/fs/cgroup, /var/log/pods are");
+    app->add_option("--events", a.events, "Append every transaction as JSONL to FILE");
+    app->add_option("--pcap", a.pcap, "Write the IMDS packets to a pcap FILE");
+    app->add_option("--metrics", a.metrics, "Serve Prometheus metrics on ADDR:PORT");
+    app->add_option("--ready-file", a.ready_file, "Write FILE once the probes are attached")->group("");
+    app->add_flag("--no-tcx", a.no_tcx, "Attach with netlink tc even where tcx links exist")->group("");
+}
+
+void setup_logging(const std::string& level) {
+    auto logger = spdlog::stderr_color_mt("imdstrace");
+    spdlog::set_default_logger(logger);
+    spdlog::set_pattern("imdstrace: %^%l%$: %v");
+    spdlog::set_level(spdlog::level::from_str(level));
+}
+
+SessionOptions session_options(const CommonArgs& a, std::optional<double> duration) {
+    if (!a.pcap.empty()) throw UsageError("--pcap is not available in this version");
+    if (!a.metrics.empty()) throw UsageError("--metrics is not available in this version");
+    SessionOptions o;
+    for (const auto& t : a.targets) {
+        auto ep = Endpoint::parse(t, 80);
+        if (!ep) throw UsageError("--target " + t + ": expected ADDR[:PORT], e.g. 169.254.169.254:80 or [fd00:ec2::254]:80");
+        o.targets.push_back(*ep);
+    }
+    if (o.targets.empty()) o.targets = default_targets();
+    o.ifaces = a.ifaces;
+    o.cgroup = a.cgroup;
+    o.pods = a.pods;
+    o.host_root = a.host_root;
+    o.events_file = a.events;
+    o.ready_file = a.ready_file;
+    o.duration_s = duration;
+    o.prefer_tcx = !a.no_tcx;
+    return o;
+}
+
+std::string join(const std::vector<std::string>& v, const char* sep) {
+    std::string out;
+    for (const auto& s : v) out += (out.empty() ? "" : sep) + s;
+    return out;
+}
+
+int run_watch(const CommonArgs& a) {
+    Session session(session_options(a, a.duration > 0 ? std::optional<double>(a.duration) : std::nullopt));
+    session.start();
+    TextStyle style{isatty(STDOUT_FILENO) == 1};
+    const bool json = a.output == "json";
+    if (!json) std::cout << format_transaction_header(style) << std::endl;
+    std::map<Verdict, int> totals;
+    session.run(g_stop, [&](const TransactionRecord& r) {
+        ++totals[r.verdict];
+        if (json) std::cout << to_json(r).dump() << std::endl;
+        else std::cout << format_transaction(r, style) << std::endl;
+    });
+    std::string summary;
+    for (const auto& [v, n] : totals) summary += fmt::format("{}{} {}", summary.empty() ? "" : ", ", n, to_string(v));
+    auto c = session.counters();
+    spdlog::info("{:.1f} s: {} ({} events, {} lost)", session.elapsed_s(), summary.empty() ? "no transactions" : summary,
+                 c.emitted, c.lost);
+    return kExitHealthy;
+}
+
+int print_diagnosis(const Diagnosis& d, const std::string& output) {
+    if (output == "json") std::cout << to_json(d).dump(2) << std::endl;
+    else std::cout << format_diagnosis(d, TextStyle{isatty(STDOUT_FILENO) == 1});
+    return d.failing() ? kExitFailures : kExitHealthy;
+}
+
+int run_diagnose(const CommonArgs& a) {
+    Session session(session_options(a, a.duration > 0 ? a.duration : 30.0));
+    session.start();
+    spdlog::info("tracing IMDS traffic for {:.0f} s (Ctrl-C to stop early): {}", a.duration > 0 ? a.duration : 30.0,
+                 join(session.describe(), "; "));
+    DiagnosisBuilder builder;
+    TextStyle style{isatty(STDERR_FILENO) == 1};
+    session.run(g_stop, [&](const TransactionRecord& r) {
+        builder.add(r);
+        if (a.output == "text") std::cerr << "  " << format_transaction(r, style) << std::endl;
+    });
+    auto c = session.counters();
+    if (c.lost) spdlog::warn("{} events were lost (ring buffer full): figures are lower bounds", c.lost);
+    return print_diagnosis(builder.build(session.elapsed_s(), session.target_strings()), a.output);
+}
+
+int run_report(const std::string& file, const std::string& output) {
+    std::ifstream in(file);
+    if (!in) throw UsageError("cannot read " + file);
+    DiagnosisBuilder builder;
+    std::string line;
+    int lineno = 0;
+    std::int64_t first = 0, last = 0;
+    std::set<std::string> targets;
+    while (std::getline(in, line)) {
+        ++lineno;
+        if (line.empty()) continue;
+        try {
+            auto r = record_from_json(nlohmann::json::parse(line));
+            if (!first || r.wall_ms < first) first = r.wall_ms;
+            last = std::max(last, r.wall_ms + r.duration_ms);
+            targets.insert(r.server.str());
+            builder.add(r);
+        } catch (const std::exception& e) {
+            throw std::runtime_error(fmt::format("{}:{}: {}", file, lineno, e.what()));
+        }
+    }
+    double window = first ? (last - first) / 1000.0 : 0;
+    return print_diagnosis(builder.build(window, {targets.begin(), targets.end()}), output);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"imdstrace: why a pod cannot reach the instance metadata service, and what to change"};
+    app.require_subcommand(0, 1);
+    CommonArgs args;
+
+    auto* watch = app.add_subcommand("watch", "Stream IMDS transactions live (default command)");
+    add_common(watch, args, true);
+    watch->add_option("--duration", args.duration, "Stop after SECONDS (default: until Ctrl-C)");
+
+    auto* diagnose = app.add_subcommand("diagnose", "Trace for --duration, then per-pod verdicts, root cause, fix");
+    add_common(diagnose, args, true);
+    diagnose->add_option("--duration", args.duration, "Seconds to trace (default 30)");
+
+    std::string report_file;
+    auto* report = app.add_subcommand("report", "Rebuild the diagnosis from a recorded JSONL file");
+    add_common(report, args, false);
+    report->add_option("file", report_file, "JSONL written by --events")->required();
+
+    auto* check = app.add_subcommand("check", "Preflight: kernel, BTF, privileges, cgroup v2, attach points");
+    add_common(check, args, true);
+
+    // Without a subcommand, the top level takes watch's options.
+    add_common(&app, args, true);
+    app.add_option("--duration", args.duration, "Stop after SECONDS");
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        int rc = app.exit(e);
+        return rc == 0 ? 0 : kExitUsage;
+    }
+    setup_logging(args.log_level);
+    install_signal_handlers();
+    try {
+        if (*diagnose) return run_diagnose(args);
+        if (*report) return run_report(report_file, args.output);
+        if (*check) return run_check(session_options(args, std::nullopt), args.output);
+        return run_watch(args);
+    } catch (const UsageError& e) {
+        spdlog::error("{}", e.what());
+        return kExitUsage;
+    } catch (const std::exception& e) {
+        spdlog::error("{}", e.what());
+        return kExitRuntime;
+    }
+}

@@ -1,0 +1,70 @@
+// A tracing session: tracer -> decode -> correlate -> judge -> attribute,
+// handing finished transaction records to the caller.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/net.hpp"
+#include "loader/tracer.hpp"
+#include "pods/resolver.hpp"
+#include "verdict/record.hpp"
+
+namespace imdstrace {
+
+struct SessionOptions {
+    std::vector<Endpoint> targets;
+    std::vector<std::string> ifaces;  // empty = auto (route lookup)
+    std::string cgroup;               // "" = cgroup2 mount root; "none" = no socket hooks
+    std::string pods = "auto";
+    std::string host_root = "/";
+    std::string events_file;          // JSONL, appended and flushed per record
+    std::string ready_file;           // written once attached (tests, scripts)
+    std::optional<double> duration_s;
+    bool prefer_tcx = true;
+};
+
+// Usage problems (exit 2) vs. runtime failures (exit 1).
+struct UsageError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+std::vector<Endpoint> default_targets();
+// The cgroup2 mount point under host_root, from /proc/self/mounts.
+std::optional<std::string> find_cgroup2_mount(const std::string& host_root = "/");
+
+class Session {
+public:
+    using RecordSink = std::function<void(const TransactionRecord&)>;
+
+    explicit Session(SessionOptions opts);
+    ~Session();
+
+    // Resolve uplinks, cgroup, pods; load and attach.  Throws UsageError or
+    // std::runtime_error.
+    void start();
+    // Trace until the duration ends or `stop` becomes true.
+    void run(const std::atomic<bool>& stop, const RecordSink& sink);
+
+    double elapsed_s() const;
+    TracerCounters counters() const;
+    std::vector<std::string> describe() const;  // what is attached where
+    const SessionOptions& options() const { return opts_; }
+    std::vector<std::string> target_strings() const;
+
+private:
+    struct Impl;
+    SessionOptions opts_;
+    std::unique_ptr<Impl> impl_;
+};
+
+std::uint64_t monotonic_ns();
+std::int64_t unix_ms_now();
+
+}  // namespace imdstrace

@@ -1,0 +1,358 @@
+#include "correlate/correlator.hpp"
+
+#include <algorithm>
+
+namespace imdstrace {
+
+struct Correlator::Exchange {
+    std::optional<HttpRequest> request;
+    std::optional<std::uint32_t> request_seq;
+    Hook request_hook = Hook::cgroup_egress;  // where the request was first seen
+    std::optional<HttpResponse> response;
+    std::optional<std::uint32_t> response_seq;
+    std::optional<std::uint8_t> response_ttl_at_node;
+    bool response_at_uplink = false;
+    bool delivered = false;
+    std::vector<DropRecord> drops;
+    std::uint32_t icmp_at_uplink = 0;  // ICMP time exceeded leaving the uplink
+    std::uint32_t icmp_sent = 0;       // icmp_send tracepoint (the same ICMPs, earlier)
+    std::uint32_t retransmits = 0;
+    std::uint64_t start_ns = 0;
+    std::uint64_t end_ns = 0;
+    bool emitted = false;
+};
+
+struct Correlator::Connection {
+    std::uint64_t id = 0;
+    std::optional<FlowKey> socket_key;
+    std::optional<FlowKey> uplink_key;
+    std::optional<std::uint32_t> isn;
+    std::uint64_t cgroup_id = 0;
+    bool seen_at_socket = false;
+    bool local_at_uplink = false;
+    std::optional<std::uint8_t> ttl_sent;
+    std::optional<std::uint8_t> ttl_uplink;
+    bool handshake_answered = false;
+    bool server_reset = false;
+    bool client_closed = false;
+    std::uint32_t syns_at_socket = 0;
+    std::uint32_t syns_at_uplink = 0;
+    std::vector<Exchange> exchanges;
+    std::uint64_t first_ns = 0;
+    std::uint64_t last_ns = 0;
+    std::uint64_t closed_ns = 0;
+    bool finished = false;
+};
+
+Correlator::Correlator(Sink sink, ReasonNamer reasons, LocationNamer locations, CorrelatorOptions opts)
+    : sink_(std::move(sink)), reasons_(std::move(reasons)), locations_(std::move(locations)), opts_(opts) {}
+
+Correlator::~Correlator() = default;
+
+std::size_t Correlator::open_connections() const {
+    return std::count_if(conns_.begin(), conns_.end(), [](const auto& kv) { return !kv.second->finished; });
+}
+
+namespace {
+
+bool socket_hook(Hook h) { return h == Hook::cgroup_egress || h == Hook::cgroup_ingress; }
+
+}  // namespace
+
+Correlator::Connection* Correlator::create(const Observation& o, bool socket_side) {
+    if (conns_.size() >= opts_.max_connections) {
+        // Bound memory: the oldest connection gives way.
+        auto oldest = conns_.begin();
+        if (!oldest->second->finished) finish(*oldest->second);
+        forget(oldest->first);
+    }
+    auto c = std::make_unique<Connection>();
+    c->id = next_id_++;
+    c->first_ns = c->last_ns = o.ts_ns;
+    if (socket_side) {
+        c->socket_key = o.flow;
+        by_socket_[o.flow] = c->id;
+    } else {
+        c->uplink_key = o.flow;
+        by_uplink_[o.flow] = c->id;
+    }
+    auto* raw = c.get();
+    conns_.emplace(raw->id, std::move(c));
+    return raw;
+}
+
+void Correlator::link_uplink(Connection& c, const FlowKey& k) {
+    c.uplink_key = k;
+    by_uplink_[k] = c.id;
+}
+
+Correlator::Connection* Correlator::find_or_create(const Observation& o) {
+    auto lookup = [this](auto& index, const FlowKey& k) -> Connection* {
+        auto it = index.find(k);
+        if (it == index.end()) return nullptr;
+        auto c = conns_.find(it->second);
+        return c == conns_.end() ? nullptr : c->second.get();
+    };
+    // A new SYN on a tuple whose connection finished is a new connection (port reuse).
+    auto reusable = [&o](Connection* c) { return c && !(c->finished && o.is_syn()); };
+
+    const bool either_side = o.hook == Hook::drop || o.hook == Hook::icmp_send || o.direction == Direction::icmp_about;
+    if (either_side) {
+        if (auto* c = lookup(by_socket_, o.flow)) return c;
+        if (auto* c = lookup(by_uplink_, o.flow)) return c;
+        ++unmatched_;
+        return create(o, true);
+    }
+    if (socket_hook(o.hook)) {
+        if (auto* c = lookup(by_socket_, o.flow); reusable(c)) return c;
+        if (auto* c = lookup(by_uplink_, o.flow); reusable(c) && !c->socket_key) {
+            c->socket_key = o.flow;
+            by_socket_[o.flow] = c->id;
+            return c;
+        }
+        return create(o, true);
+    }
+    // Uplink hooks: the tuple may have been rewritten by NAT on the way.
+    if (auto* c = lookup(by_uplink_, o.flow); reusable(c)) return c;
+    std::optional<std::uint32_t> isn;
+    if (o.direction == Direction::to_target && o.is_syn()) isn = o.seq;
+    if (o.direction == Direction::from_target && o.is_synack()) isn = o.ack - 1;
+    if (isn) {
+        if (auto it = by_isn_.find({o.flow.server, *isn}); it != by_isn_.end()) {
+            if (auto c = conns_.find(it->second); c != conns_.end() && !c->second->uplink_key && !c->second->finished) {
+                link_uplink(*c->second, o.flow);
+                return c->second.get();
+            }
+        }
+    }
+    if (auto* c = lookup(by_socket_, o.flow); reusable(c) && !c->uplink_key) {
+        link_uplink(*c, o.flow);
+        return c;
+    }
+    return create(o, false);
+}
+
+Correlator::Exchange& Correlator::current(Connection& c) {
+    if (c.exchanges.empty()) {
+        c.exchanges.emplace_back();
+        c.exchanges.back().start_ns = c.first_ns;
+    }
+    return c.exchanges.back();
+}
+
+void Correlator::observe(const Observation& o) {
+    Connection* c = find_or_create(o);
+    apply(*c, o);
+}
+
+void Correlator::apply(Connection& c, const Observation& o) {
+    c.last_ns = std::max(c.last_ns, o.ts_ns);
+    if (o.hook == Hook::drop) on_drop(c, o);
+    else if (o.hook == Hook::icmp_send || o.direction == Direction::icmp_about) on_icmp(c, o);
+    else if (o.direction == Direction::to_target) on_to_target(c, o);
+    else on_from_target(c, o);
+}
+
+void Correlator::on_to_target(Connection& c, const Observation& o) {
+    if (o.hook == Hook::cgroup_egress) {
+        c.seen_at_socket = true;
+        if (!c.cgroup_id) c.cgroup_id = o.cgroup_id;
+        if (!c.ttl_sent) c.ttl_sent = o.ttl;
+    } else if (o.hook == Hook::uplink_egress) {
+        if (!c.ttl_uplink) c.ttl_uplink = o.ttl;
+        if (o.has_socket) c.local_at_uplink = true;
+    }
+    if (o.is_syn()) {
+        if (!c.isn) {
+            c.isn = o.seq;
+            by_isn_[{o.flow.server, o.seq}] = c.id;
+        }
+        auto& syns = o.hook == Hook::cgroup_egress ? c.syns_at_socket : c.syns_at_uplink;
+        ++syns;
+        // Count retransmissions once, at the first hook that saw the SYN.
+        bool counting_hook = o.hook == Hook::cgroup_egress || c.syns_at_socket == 0;
+        if (syns > 1 && counting_hook) ++current(c).retransmits;
+    }
+    if (o.request) {
+        auto it = std::find_if(c.exchanges.begin(), c.exchanges.end(),
+                               [&o](const Exchange& x) { return x.request_seq == o.seq; });
+        if (it != c.exchanges.end()) {
+            if (it->request_hook == o.hook) ++it->retransmits;
+            it->end_ns = std::max(it->end_ns, o.ts_ns);
+        } else {
+            Exchange* x = &current(c);
+            if (x->request) {
+                c.exchanges.emplace_back();
+                x = &c.exchanges.back();
+                x->start_ns = o.ts_ns;
+            }
+            x->request = o.request;
+            x->request_seq = o.seq;
+            x->request_hook = o.hook;
+            x->end_ns = o.ts_ns;
+        }
+    } else {
+        current(c).end_ns = std::max(current(c).end_ns, o.ts_ns);
+    }
+    if (o.is_fin() || o.is_rst()) {
+        c.client_closed = true;
+        if (!c.closed_ns) c.closed_ns = o.ts_ns;
+    }
+}
+
+void Correlator::on_from_target(Connection& c, const Observation& o) {
+    if (o.hook == Hook::cgroup_ingress) c.seen_at_socket = true;
+    if (o.is_synack()) {
+        c.handshake_answered = true;
+        if (!c.isn) c.isn = o.ack - 1;
+    }
+    if (o.is_rst()) {
+        c.server_reset = true;
+        if (!c.closed_ns) c.closed_ns = o.ts_ns;
+    }
+    if (!o.response) {
+        current(c).end_ns = std::max(current(c).end_ns, o.ts_ns);
+        return;
+    }
+    // The exchange this response answers: the one already holding its
+    // sequence number (a retransmission), else the oldest unanswered request.
+    Exchange* x = nullptr;
+    for (auto& e : c.exchanges)
+        if (e.response_seq == o.seq) x = &e;
+    if (!x)
+        for (auto& e : c.exchanges)
+            if (e.request && !e.response_seq) {
+                x = &e;
+                break;
+            }
+    if (!x) x = &current(c);
+    x->end_ns = std::max(x->end_ns, o.ts_ns);
+    if (o.hook == Hook::uplink_ingress) {
+        if (x->response_at_uplink && x->response_seq == o.seq) ++x->retransmits;
+        x->response_at_uplink = true;
+        x->response_ttl_at_node = std::min<std::uint8_t>(x->response_ttl_at_node.value_or(255), o.ttl);
+    } else if (o.hook == Hook::cgroup_ingress) {
+        x->delivered = true;
+    }
+    x->response = o.response;
+    x->response_seq = o.seq;
+    if (x->delivered && !x->emitted) {
+        // The answer reached the client: nothing later can change this verdict.
+        x->emitted = true;
+        sink_(to_transaction(c, *x));
+    }
+}
+
+void Correlator::on_drop(Connection& c, const Observation& o) {
+    const bool response = o.direction == Direction::from_target;
+    Exchange* x = nullptr;
+    if (response)
+        for (auto& e : c.exchanges)
+            if (e.response_seq == o.seq || (e.request && !e.response_seq && !x)) x = &e;
+    if (!x) x = &current(c);
+    x->end_ns = std::max(x->end_ns, o.ts_ns);
+    DropRecord d;
+    d.reason = o.drop_reason ? reasons_(*o.drop_reason) : std::string{};
+    d.location = locations_(o.location);
+    d.ttl = o.ttl;
+    d.response = response;
+    d.count = 1;
+    auto same = std::find_if(x->drops.begin(), x->drops.end(), [&d](const DropRecord& r) {
+        return r.reason == d.reason && r.location == d.location && r.ttl == d.ttl && r.response == d.response;
+    });
+    if (same != x->drops.end()) ++same->count;
+    else x->drops.push_back(std::move(d));
+}
+
+void Correlator::on_icmp(Connection& c, const Observation& o) {
+    if (!o.is_time_exceeded()) return;
+    Exchange* x = nullptr;
+    for (auto& e : c.exchanges)
+        if (e.response_seq == o.seq) x = &e;
+    if (!x)
+        for (auto& e : c.exchanges)
+            if (e.request && !e.delivered) {
+                x = &e;
+                break;
+            }
+    if (!x) x = &current(c);
+    x->end_ns = std::max(x->end_ns, o.ts_ns);
+    if (o.hook == Hook::icmp_send) ++x->icmp_sent;
+    else ++x->icmp_at_uplink;
+}
+
+Transaction Correlator::to_transaction(const Connection& c, const Exchange& x) const {
+    Transaction t;
+    t.id = c.id;
+    t.start_ns = x.start_ns ? x.start_ns : c.first_ns;
+    t.end_ns = std::max(x.end_ns, t.start_ns);
+    t.client_flow = c.socket_key ? *c.socket_key : *c.uplink_key;
+    t.uplink_flow = c.uplink_key;
+    t.cgroup_id = c.cgroup_id;
+    t.seen_at_socket = c.seen_at_socket;
+    t.local_socket_at_uplink = c.local_at_uplink;
+    t.request = x.request;
+    t.response = x.response;
+    t.ttl_sent = c.ttl_sent;
+    t.ttl_at_uplink = c.ttl_uplink;
+    t.response_ttl_at_node = x.response_ttl_at_node;
+    t.response_at_uplink = x.response_at_uplink;
+    t.delivered = x.delivered;
+    t.handshake_answered = c.handshake_answered;
+    t.server_reset = c.server_reset;
+    t.client_closed = c.client_closed;
+    t.drops = x.drops;
+    // The same ICMP errors are seen twice where both hooks exist.
+    t.icmp_time_exceeded = std::max(x.icmp_at_uplink, x.icmp_sent);
+    t.retransmits = x.retransmits;
+    return t;
+}
+
+void Correlator::finish(Connection& c) {
+    if (c.finished) return;
+    c.finished = true;
+    if (c.exchanges.empty()) current(c);
+    for (auto& x : c.exchanges) {
+        if (x.emitted) continue;
+        x.emitted = true;
+        sink_(to_transaction(c, x));
+    }
+}
+
+void Correlator::forget(std::uint64_t id) {
+    auto it = conns_.find(id);
+    if (it == conns_.end()) return;
+    auto& c = *it->second;
+    auto drop_key = [id](auto& index, const std::optional<FlowKey>& k) {
+        if (!k) return;
+        if (auto f = index.find(*k); f != index.end() && f->second == id) index.erase(f);
+    };
+    drop_key(by_socket_, c.socket_key);
+    drop_key(by_uplink_, c.uplink_key);
+    if (c.isn) {
+        const Endpoint& server = c.socket_key ? c.socket_key->server : c.uplink_key->server;
+        if (auto f = by_isn_.find({server, *c.isn}); f != by_isn_.end() && f->second == id) by_isn_.erase(f);
+    }
+    conns_.erase(it);
+}
+
+void Correlator::expire(std::uint64_t now_ns) {
+    std::vector<std::uint64_t> gone;
+    for (auto& [id, c] : conns_) {
+        auto since = [now_ns](std::uint64_t t) { return now_ns > t ? now_ns - t : 0; };
+        if (!c->finished) {
+            bool closed = c->closed_ns && since(c->closed_ns) >= opts_.linger_ns;
+            bool idle = since(c->last_ns) >= opts_.idle_ns;
+            if (closed || idle) finish(*c);
+        } else if (since(c->last_ns) >= opts_.tombstone_ns) {
+            gone.push_back(id);
+        }
+    }
+    for (auto id : gone) forget(id);
+}
+
+void Correlator::flush() {
+    for (auto& [id, c] : conns_) finish(*c);
+}
+
+}  // namespace imdstrace

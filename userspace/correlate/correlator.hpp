@@ -1,0 +1,80 @@
+// Turns the stream of packet observations into transactions.
+//
+// A connection is followed across hooks that may see different tuples:
+// the cgroup hooks see the client's own addresses, the uplink sees them
+// after any masquerading.  NAT keeps TCP sequence numbers, so the client's
+// initial sequence number (SYN, or SYN-ACK ack - 1) links the two views;
+// without a SYN (tracer started mid-connection) identical tuples link them.
+// Drops and ICMP quotes may carry either view and are looked up in both.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <unordered_map>
+
+#include "correlate/transaction.hpp"
+#include "decode/observation.hpp"
+
+namespace imdstrace {
+
+class DropReasons;
+class KernelSymbols;
+
+struct CorrelatorOptions {
+    std::uint64_t linger_ns = 2'000'000'000;      // after a close, wait for late drops/ICMP
+    std::uint64_t idle_ns = 10'000'000'000;       // no packet for this long: finished
+    std::uint64_t tombstone_ns = 30'000'000'000;  // remember finished flows (late packets)
+    std::size_t max_connections = 65536;          // memory bound under connection floods
+};
+
+class Correlator {
+public:
+    using Sink = std::function<void(Transaction&&)>;
+    // Names for drop reasons and locations; both outlive the correlator.
+    using ReasonNamer = std::function<std::string(std::uint32_t)>;
+    using LocationNamer = std::function<std::string(std::uint64_t)>;
+
+    Correlator(Sink sink, ReasonNamer reasons, LocationNamer locations, CorrelatorOptions opts = {});
+    ~Correlator();
+
+    void observe(const Observation& o);
+    // Emit transactions whose connection finished before `now_ns` (monotonic).
+    void expire(std::uint64_t now_ns);
+    // Emit everything still open (end of a trace window).
+    void flush();
+
+    std::size_t open_connections() const;
+    std::uint64_t unmatched_events() const { return unmatched_; }
+
+private:
+    struct Connection;
+    struct Exchange;
+
+    Connection* find_or_create(const Observation& o);
+    Connection* create(const Observation& o, bool socket_side);
+    void link_uplink(Connection& c, const FlowKey& k);
+    void apply(Connection& c, const Observation& o);
+    void on_to_target(Connection& c, const Observation& o);
+    void on_from_target(Connection& c, const Observation& o);
+    void on_drop(Connection& c, const Observation& o);
+    void on_icmp(Connection& c, const Observation& o);
+    Exchange& current(Connection& c);
+    void finish(Connection& c);
+    Transaction to_transaction(const Connection& c, const Exchange& x) const;
+    void forget(std::uint64_t id);
+
+    Sink sink_;
+    ReasonNamer reasons_;
+    LocationNamer locations_;
+    CorrelatorOptions opts_;
+    std::uint64_t next_id_ = 1;
+    std::uint64_t unmatched_ = 0;
+    std::map<std::uint64_t, std::unique_ptr<Connection>> conns_;  // id order = age order
+    std::unordered_map<FlowKey, std::uint64_t, FlowKeyHash> by_socket_;
+    std::unordered_map<FlowKey, std::uint64_t, FlowKeyHash> by_uplink_;
+    std::map<std::pair<Endpoint, std::uint32_t>, std::uint64_t> by_isn_;  // (server, client ISN)
+};
+
+}  // namespace imdstrace

@@ -1,0 +1,57 @@
+// A transaction: one HTTP exchange with a metadata endpoint (or one failed
+// connection attempt), with everything the kernel showed about it.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/net.hpp"
+#include "decode/http.hpp"
+
+namespace imdstrace {
+
+// Drops of one kind folded together: same reason, place, TTL and direction.
+struct DropRecord {
+    std::string reason;    // "IP_INHDR", "NETFILTER_DROP", "" when the kernel gives none
+    std::string location;  // "ip_forward"
+    std::uint8_t ttl = 0;  // TTL of the dropped packet
+    bool response = false; // the dropped packet came from the target
+    std::uint32_t count = 0;
+};
+
+struct Transaction {
+    std::uint64_t id = 0;
+    std::uint64_t start_ns = 0;  // CLOCK_MONOTONIC
+    std::uint64_t end_ns = 0;
+
+    FlowKey client_flow;                 // as the client's socket sees it (pre-NAT)
+    std::optional<FlowKey> uplink_flow;  // as it left the uplink (post-NAT), when seen
+    std::uint64_t cgroup_id = 0;         // client socket's cgroup, 0 when not seen
+    bool seen_at_socket = false;         // the cgroup hooks saw the client's packets
+    bool local_socket_at_uplink = false; // left the uplink with a socket: a node process
+
+    std::optional<HttpRequest> request;
+    std::optional<HttpResponse> response;
+    std::optional<std::uint8_t> ttl_sent;             // TTL the client set
+    std::optional<std::uint8_t> ttl_at_uplink;        // TTL leaving the uplink
+    std::optional<std::uint8_t> response_ttl_at_node; // response TTL arriving on the uplink
+    bool response_at_uplink = false;  // response bytes arrived on the uplink
+    bool delivered = false;           // response bytes reached the client socket
+    bool handshake_answered = false;  // SYN-ACK seen from the target
+    bool server_reset = false;        // RST from the target
+    bool client_closed = false;       // FIN or RST from the client
+
+    std::vector<DropRecord> drops;
+    std::uint32_t icmp_time_exceeded = 0;
+    std::uint32_t retransmits = 0;
+
+    std::uint32_t drop_count() const {
+        std::uint32_t n = 0;
+        for (const auto& d : drops) n += d.count;
+        return n;
+    }
+};
+
+}  // namespace imdstrace

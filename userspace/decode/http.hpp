@@ -1,0 +1,35 @@
+// HTTP request/response heads decoded from the first payload bytes.
+//
+// Secrets never leave this decoder: IMDS carries tokens and credentials, so
+// only the request line, the presence of a few header names and the status
+// line are kept.  Header values and bodies are not stored anywhere.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+
+namespace imdstrace {
+
+struct HttpRequest {
+    std::string method;  // "PUT", "GET", ...
+    std::string path;    // "/latest/api/token"
+    bool token = false;            // X-aws-ec2-metadata-token present (value dropped)
+    bool token_ttl = false;        // X-aws-ec2-metadata-token-ttl-seconds present
+    bool forwarded_for = false;    // X-Forwarded-For present
+    bool headers_complete = false; // the blank line ending the head was in the copied bytes
+
+    bool is_token_request() const;  // PUT .../api/token
+};
+
+struct HttpResponse {
+    int status = 0;  // 200, 401, ...
+};
+
+// Parse a request head; nullopt when the bytes do not start with a method.
+std::optional<HttpRequest> parse_http_request(std::span<const std::uint8_t> bytes);
+// Parse a status line ("HTTP/1.1 200 OK"); nullopt otherwise.
+std::optional<HttpResponse> parse_http_response(std::span<const std::uint8_t> bytes);
+
+}  // namespace imdstrace

@@ -1,0 +1,71 @@
+// One packet at one hook, decoded from the BPF event into C++ types.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string_view>
+
+#include "common/net.hpp"
+#include "decode/http.hpp"
+
+struct imds_event;
+
+namespace imdstrace {
+
+enum class Hook : std::uint8_t {
+    cgroup_egress = 1,   // a local socket sends
+    cgroup_ingress = 2,  // delivered to a local socket
+    uplink_egress = 3,   // tc egress on an uplink
+    uplink_ingress = 4,  // tc ingress on an uplink
+    drop = 5,            // skb/kfree_skb
+    icmp_send = 6,       // icmp/icmp_send
+};
+std::string_view to_string(Hook h);
+
+enum class Direction : std::uint8_t { to_target = 1, from_target = 2, icmp_about = 3 };
+
+namespace tcp {
+inline constexpr std::uint8_t fin = 0x01, syn = 0x02, rst = 0x04, psh = 0x08, ack = 0x10;
+}
+
+struct Observation {
+    std::uint64_t ts_ns = 0;
+    Hook hook = Hook::cgroup_egress;
+    Direction direction = Direction::to_target;
+    // Oriented: client is the non-target side, server the metadata endpoint.
+    FlowKey flow;
+    std::uint8_t ttl = 0;
+    std::uint8_t tcp_flags = 0;
+    std::uint32_t seq = 0;
+    std::uint32_t ack = 0;
+    std::uint32_t payload_len = 0;
+    std::uint16_t ip_id = 0;
+    std::uint64_t cgroup_id = 0;
+    std::uint64_t sk_cookie = 0;
+    std::uint32_t ifindex = 0;
+    std::uint32_t netns = 0;
+    bool has_socket = false;
+    // drop events
+    std::uint64_t location = 0;
+    std::optional<std::uint32_t> drop_reason;
+    // ICMP errors (carried or generated)
+    std::uint8_t icmp_type = 0;
+    std::uint8_t icmp_code = 0;
+    std::uint8_t target_index = 0;
+    // Parsed heads (redacted), present on the packet carrying them.
+    std::optional<HttpRequest> request;
+    std::optional<HttpResponse> response;
+
+    bool is_syn() const { return (tcp_flags & tcp::syn) && !(tcp_flags & tcp::ack); }
+    bool is_synack() const { return (tcp_flags & tcp::syn) && (tcp_flags & tcp::ack); }
+    bool is_rst() const { return tcp_flags & tcp::rst; }
+    bool is_fin() const { return tcp_flags & tcp::fin; }
+    // ICMP time exceeded (v4 type 11 / v6 type 3).
+    bool is_time_exceeded() const;
+};
+
+// Decode one ring-buffer record; nullopt for a malformed/short record.
+std::optional<Observation> decode_event(std::span<const std::uint8_t> record);
+
+}  // namespace imdstrace

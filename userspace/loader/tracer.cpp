@@ -1,0 +1,371 @@
+#include "loader/tracer.hpp"
+
+#include <bpf/bpf.h>
+#include <bpf/btf.h>
+#include <bpf/libbpf.h>
+#include <fcntl.h>
+#include <linux/magic.h>
+#include <spdlog/spdlog.h>
+#include <sys/statfs.h>
+#include <sys/utsname.h>
+#include <arpa/inet.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <stdexcept>
+
+#include "imdstrace.h"
+#include "imdstrace.skel.h"
+
+namespace imdstrace {
+namespace {
+
+std::string errstr(int err) { return std::strerror(err < 0 ? -err : err); }
+
+// Our legacy tc filters carry this handle and priority, so a later run can
+// recognise (and remove) one left by a run that was killed with SIGKILL.
+constexpr std::uint32_t kTcHandle = 0x1d5;
+constexpr std::uint32_t kTcPriority = 0x1d5;
+
+struct SkelDeleter {
+    void operator()(imdstrace_bpf* s) const { imdstrace_bpf__destroy(s); }
+};
+struct LinkDeleter {
+    void operator()(bpf_link* l) const { bpf_link__destroy(l); }
+};
+struct RingDeleter {
+    void operator()(ring_buffer* r) const { ring_buffer__free(r); }
+};
+using LinkPtr = std::unique_ptr<bpf_link, LinkDeleter>;
+
+bool btf_has(const btf* b, const char* name, int kind) { return btf__find_by_name_kind(b, name, kind) > 0; }
+
+int enum_value(const btf* b, const char* enum_name, const char* value_name) {
+    int id = btf__find_by_name_kind(b, enum_name, BTF_KIND_ENUM);
+    if (id <= 0) return -1;
+    const btf_type* t = btf__type_by_id(b, id);
+    const struct btf_enum* e = btf_enum(t);
+    for (unsigned i = 0; i < btf_vlen(t); ++i, ++e)
+        if (std::strcmp(btf__name_by_offset(b, e->name_off), value_name) == 0) return e->val;
+    return -1;
+}
+
+// Number of arguments of a tracepoint, from its btf_trace_<name> typedef
+// (a pointer to a function whose first argument is the context).
+int tracepoint_args(const btf* b, const char* typedef_name) {
+    int id = btf__find_by_name_kind(b, typedef_name, BTF_KIND_TYPEDEF);
+    if (id <= 0) return -1;
+    const btf_type* t = btf__type_by_id(b, id);
+    t = btf__type_by_id(b, t->type);  // pointer
+    if (!t || !btf_is_ptr(t)) return -1;
+    t = btf__type_by_id(b, t->type);  // func proto
+    if (!t || !btf_is_func_proto(t)) return -1;
+    return static_cast<int>(btf_vlen(t)) - 1;
+}
+
+// One uplink direction attached either as a tcx link (v6.6+: released by
+// the kernel when this process exits, however it exits) or as a netlink tc
+// filter in a clsact qdisc (older kernels: removed by the destructor).
+class UplinkHook {
+public:
+    UplinkHook(const Interface& iface, bool ingress, int prog_fd, const KernelFeatures& kf, bool prefer_tcx)
+        : iface_(iface), ingress_(ingress) {
+        if (prefer_tcx && kf.tcx) {
+            int type = ingress ? kf.tcx_ingress : kf.tcx_egress;
+            int fd = bpf_link_create(prog_fd, iface.ifindex, static_cast<bpf_attach_type>(type), nullptr);
+            if (fd >= 0) {
+                tcx_fd_ = fd;
+                return;
+            }
+            spdlog::debug("tcx attach on {} failed ({}), using a clsact qdisc", iface.name, errstr(fd));
+        }
+        attach_legacy(prog_fd);
+    }
+    ~UplinkHook() {
+        if (tcx_fd_ >= 0) {
+            ::close(tcx_fd_);
+            return;
+        }
+        bpf_tc_hook hook = make_hook();
+        bpf_tc_opts opts{};
+        opts.sz = sizeof(opts);
+        opts.handle = kTcHandle;
+        opts.priority = kTcPriority;
+        if (int err = bpf_tc_detach(&hook, &opts); err && err != -ENOENT && err != -ENODEV)
+            spdlog::warn("could not remove the tc filter on {}: {}", iface_.name, errstr(err));
+        if (created_qdisc_) {
+            // Only a qdisc this run created goes; its other direction's
+            // hook was destroyed first.
+            hook.attach_point = static_cast<bpf_tc_attach_point>(BPF_TC_INGRESS | BPF_TC_EGRESS);
+            if (int err = bpf_tc_hook_destroy(&hook); err && err != -ENOENT && err != -ENODEV && err != -EINVAL)
+                spdlog::warn("could not remove the clsact qdisc on {}: {}", iface_.name, errstr(err));
+        }
+    }
+    UplinkHook(const UplinkHook&) = delete;
+    UplinkHook& operator=(const UplinkHook&) = delete;
+
+    std::string mode() const { return tcx_fd_ >= 0 ? "tcx" : "tc clsact"; }
+
+private:
+    bpf_tc_hook make_hook() const {
+        bpf_tc_hook hook{};
+        hook.sz = sizeof(hook);
+        hook.ifindex = iface_.ifindex;
+        hook.attach_point = ingress_ ? BPF_TC_INGRESS : BPF_TC_EGRESS;
+        return hook;
+    }
+
+    void attach_legacy(int prog_fd) {
+        bpf_tc_hook hook = make_hook();
+        int err = bpf_tc_hook_create(&hook);
+        if (err && err != -EEXIST)
+            throw std::runtime_error("cannot add a clsact qdisc to " + iface_.name + ": " + errstr(err) +
+                                     " (needs CAP_NET_ADMIN and the sch_ingress module)");
+        created_qdisc_ = err == 0;
+        remove_stale(hook);
+        bpf_tc_opts opts{};
+        opts.sz = sizeof(opts);
+        opts.prog_fd = prog_fd;
+        opts.handle = kTcHandle;
+        opts.priority = kTcPriority;
+        err = bpf_tc_attach(&hook, &opts);
+        if (err) {
+            if (created_qdisc_) {
+                hook.attach_point = static_cast<bpf_tc_attach_point>(BPF_TC_INGRESS | BPF_TC_EGRESS);
+                bpf_tc_hook_destroy(&hook);
+            }
+            throw std::runtime_error("cannot attach the tc program to " + iface_.name + ": " + errstr(err) +
+                                     " (needs CAP_NET_ADMIN and the cls_bpf module)");
+        }
+    }
+
+    // A filter with our handle/priority running one of our programs was left
+    // by a run that could not clean up (SIGKILL): remove it before attaching.
+    void remove_stale(const bpf_tc_hook& hook) {
+        bpf_tc_opts q{};
+        q.sz = sizeof(q);
+        q.handle = kTcHandle;
+        q.priority = kTcPriority;
+        if (bpf_tc_query(&hook, &q) != 0) return;
+        int fd = bpf_prog_get_fd_by_id(q.prog_id);
+        if (fd < 0) return;
+        bpf_prog_info info{};
+        std::uint32_t len = sizeof(info);
+        bool ours = bpf_obj_get_info_by_fd(fd, &info, &len) == 0 &&
+                    (std::strcmp(info.name, "uplink_ingress") == 0 || std::strcmp(info.name, "uplink_egress") == 0);
+        ::close(fd);
+        if (!ours) return;
+        bpf_tc_opts d{};
+        d.sz = sizeof(d);
+        d.handle = kTcHandle;
+        d.priority = kTcPriority;
+        if (bpf_tc_detach(&hook, &d) == 0)
+            spdlog::warn("removed a stale imdstrace tc filter on {} left by an earlier run", iface_.name);
+    }
+
+    Interface iface_;
+    bool ingress_;
+    int tcx_fd_ = -1;
+    bool created_qdisc_ = false;
+};
+
+int libbpf_to_spdlog(libbpf_print_level level, const char* fmt, va_list args) {
+    char buf[1024];
+    int n = std::vsnprintf(buf, sizeof(buf), fmt, args);
+    std::string line(buf, n > 0 ? std::min<std::size_t>(n, sizeof(buf) - 1) : 0);
+    while (!line.empty() && line.back() == '\n') line.pop_back();
+    switch (level) {
+    case LIBBPF_WARN: spdlog::warn("libbpf: {}", line); break;
+    case LIBBPF_INFO: spdlog::debug("libbpf: {}", line); break;
+    default: spdlog::trace("libbpf: {}", line); break;
+    }
+    return n;
+}
+
+}  // namespace
+
+KernelFeatures KernelFeatures::probe() {
+    KernelFeatures kf;
+    utsname u{};
+    if (uname(&u) == 0) kf.release = u.release;
+    {
+        std::ifstream mounts("/proc/self/mounts");
+        std::string dev, dir, type;
+        std::string rest;
+        while (mounts >> dev >> dir >> type && std::getline(mounts, rest))
+            if (type == "tracefs") kf.tracefs_mounted = true;
+    }
+    struct btf* vmlinux = btf__load_vmlinux_btf();
+    if (!vmlinux) return kf;
+    kf.has_btf = true;
+    kf.kfree_skb_reason = tracepoint_args(vmlinux, "btf_trace_kfree_skb") >= 3;
+    kf.icmp_send_tracepoint = btf_has(vmlinux, "btf_trace_icmp_send", BTF_KIND_TYPEDEF);
+    kf.tcx_ingress = enum_value(vmlinux, "bpf_attach_type", "BPF_TCX_INGRESS");
+    kf.tcx_egress = enum_value(vmlinux, "bpf_attach_type", "BPF_TCX_EGRESS");
+    kf.tcx = kf.tcx_ingress >= 0 && kf.tcx_egress >= 0;
+    btf__free(vmlinux);
+    return kf;
+}
+
+struct Tracer::Impl {
+    std::unique_ptr<imdstrace_bpf, SkelDeleter> skel;
+    std::vector<LinkPtr> links;
+    std::vector<std::unique_ptr<UplinkHook>> uplink_hooks;
+    std::unique_ptr<ring_buffer, RingDeleter> ring;
+    EventHandler on_event;
+    std::vector<std::string> summary;
+    int cgroup_fd = -1;
+
+    ~Impl() {
+        // Detach before the programs and maps go away.
+        ring.reset();
+        while (!uplink_hooks.empty()) uplink_hooks.pop_back();  // reverse order of attach
+        links.clear();
+        if (cgroup_fd >= 0) ::close(cgroup_fd);
+    }
+
+    static int on_sample(void* ctx, void* data, size_t size) {
+        auto* self = static_cast<Impl*>(ctx);
+        self->on_event(std::span<const std::uint8_t>(static_cast<const std::uint8_t*>(data), size));
+        return 0;
+    }
+};
+
+std::unique_ptr<Tracer> Tracer::start(const TracerConfig& config, const KernelFeatures& kf, EventHandler on_event) {
+    libbpf_set_print(libbpf_to_spdlog);
+    if (!kf.has_btf)
+        throw std::runtime_error("kernel BTF (/sys/kernel/btf/vmlinux) is not available: imdstrace needs a kernel "
+                                 "built with CONFIG_DEBUG_INFO_BTF=y (every EKS AMI kernel is)");
+    std::unique_ptr<Tracer> tracer(new Tracer());
+    tracer->impl_ = std::make_unique<Impl>();
+    auto& impl = *tracer->impl_;
+    impl.on_event = std::move(on_event);
+
+    impl.skel.reset(imdstrace_bpf__open());
+    if (!impl.skel) throw std::runtime_error("cannot open the BPF object: " + errstr(errno));
+    auto* ro = impl.skel->rodata;
+    std::uint32_t v4 = 0, v6 = 0;
+    for (const auto& t : config.targets) (t.addr.is_v4() ? v4 : v6)++;
+    if (v4 > IMDS_MAX_TARGETS || v6 > IMDS_MAX_TARGETS)
+        throw std::runtime_error("at most " + std::to_string(IMDS_MAX_TARGETS) + " IPv4 and " +
+                                 std::to_string(IMDS_MAX_TARGETS) + " IPv6 targets are supported");
+    v4 = v6 = 0;
+    for (const auto& t : config.targets) {
+        if (t.addr.is_v4()) {
+            std::memcpy(const_cast<__be32*>(&ro->target_v4_addr[v4]), t.addr.bytes.data(), 4);
+            const_cast<__be16&>(ro->target_v4_port[v4]) = htons(t.port);
+            ++v4;
+        } else {
+            std::memcpy(const_cast<__u32*>(ro->target_v6_addr[v6]), t.addr.bytes.data(), 16);
+            const_cast<__be16&>(ro->target_v6_port[v6]) = htons(t.port);
+            ++v6;
+        }
+    }
+    const_cast<__u32&>(ro->n_targets_v4) = v4;
+    const_cast<__u32&>(ro->n_targets_v6) = v6;
+    const_cast<__u32&>(ro->target_v6_base) = v4;
+    const_cast<bool&>(ro->kfree_skb_has_reason) = kf.kfree_skb_reason;
+    bpf_program__set_autoload(impl.skel->progs.observe_icmp_send, kf.icmp_send_tracepoint);
+    if (config.cgroup_dir.empty()) {
+        bpf_program__set_autoload(impl.skel->progs.socket_egress, false);
+        bpf_program__set_autoload(impl.skel->progs.socket_ingress, false);
+    }
+    if (config.uplinks.empty()) {
+        bpf_program__set_autoload(impl.skel->progs.uplink_ingress, false);
+        bpf_program__set_autoload(impl.skel->progs.uplink_egress, false);
+    }
+    if (int err = imdstrace_bpf__load(impl.skel.get()))
+        throw std::runtime_error("the kernel refused to load the BPF programs: " + errstr(err) +
+                                 (err == -EPERM ? " (run as root, or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)"
+                                                : " (run with --log-level debug for the verifier log)"));
+
+    if (!config.attach) return tracer;
+
+    // Tracepoints: raw (tp_btf) attachment needs BTF, not tracefs.
+    auto attach_tp = [&impl](bpf_program* prog, const char* what) {
+        LinkPtr link(bpf_program__attach(prog));
+        if (!link) throw std::runtime_error(std::string("cannot attach to tracepoint ") + what + ": " + errstr(errno));
+        impl.links.push_back(std::move(link));
+    };
+    attach_tp(impl.skel->progs.observe_drop, "skb/kfree_skb");
+    impl.summary.push_back(kf.kfree_skb_reason ? "drops: tp_btf/kfree_skb with drop reasons"
+                                               : "drops: tp_btf/kfree_skb, locations only (kernel < 5.17)");
+    if (kf.icmp_send_tracepoint) {
+        attach_tp(impl.skel->progs.observe_icmp_send, "icmp/icmp_send");
+        impl.summary.push_back("icmp: tp_btf/icmp_send and ICMP leaving the uplink");
+    } else {
+        impl.summary.push_back("icmp: ICMP leaving the uplink (no icmp_send tracepoint before 6.9)");
+    }
+
+    if (!config.cgroup_dir.empty()) {
+        struct statfs sfs{};
+        if (::statfs(config.cgroup_dir.c_str(), &sfs) != 0)
+            throw std::runtime_error("cgroup directory " + config.cgroup_dir + ": " + errstr(errno));
+        if (sfs.f_type != CGROUP2_SUPER_MAGIC)
+            throw std::runtime_error(config.cgroup_dir +
+                                     " is not a cgroup v2 directory: pass --cgroup with a directory of the "
+                                     "cgroup2 mount (see /proc/self/mounts)");
+        impl.cgroup_fd = ::open(config.cgroup_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (impl.cgroup_fd < 0) throw std::runtime_error("cannot open " + config.cgroup_dir + ": " + errstr(errno));
+        for (auto* prog : {impl.skel->progs.socket_egress, impl.skel->progs.socket_ingress}) {
+            LinkPtr link(bpf_program__attach_cgroup(prog, impl.cgroup_fd));
+            if (!link)
+                throw std::runtime_error("cannot attach cgroup_skb to " + config.cgroup_dir + ": " + errstr(errno));
+            impl.links.push_back(std::move(link));
+        }
+        impl.summary.push_back("sockets: cgroup_skb ingress+egress on " + config.cgroup_dir);
+    }
+
+    for (const auto& up : config.uplinks) {
+        auto in = std::make_unique<UplinkHook>(up, true, bpf_program__fd(impl.skel->progs.uplink_ingress), kf,
+                                               config.prefer_tcx);
+        auto out = std::make_unique<UplinkHook>(up, false, bpf_program__fd(impl.skel->progs.uplink_egress), kf,
+                                                config.prefer_tcx);
+        impl.summary.push_back("uplink " + up.name + ": " + in->mode() + " ingress+egress");
+        // Both directions share one clsact qdisc; the ingress hook created it
+        // (if anyone did) and, destroyed last, removes it.
+        impl.uplink_hooks.push_back(std::move(in));
+        impl.uplink_hooks.push_back(std::move(out));
+    }
+
+    impl.ring.reset(ring_buffer__new(bpf_map__fd(impl.skel->maps.events), &Impl::on_sample, &impl, nullptr));
+    if (!impl.ring) throw std::runtime_error("cannot open the event ring buffer: " + errstr(errno));
+    return tracer;
+}
+
+Tracer::~Tracer() = default;
+
+int Tracer::poll(int timeout_ms) {
+    int n = ring_buffer__poll(impl_->ring.get(), timeout_ms);
+    if (n == -EINTR) return 0;
+    return n;
+}
+
+TracerCounters Tracer::counters() const {
+    TracerCounters c;
+    int ncpu = libbpf_num_possible_cpus();
+    if (ncpu <= 0) return c;
+    std::vector<std::uint64_t> values(ncpu);
+    int fd = bpf_map__fd(impl_->skel->maps.counters);
+    for (std::uint32_t hook = 0; hook < IMDS_HOOK_MAX; ++hook) {
+        for (std::uint32_t what = 0; what < IMDS_CNT_MAX; ++what) {
+            std::uint32_t key = hook * IMDS_CNT_MAX + what;
+            if (bpf_map_lookup_elem(fd, &key, values.data()) != 0) continue;
+            std::uint64_t sum = 0;
+            for (auto v : values) sum += v;
+            switch (what) {
+            case IMDS_CNT_SEEN: c.seen += sum; break;
+            case IMDS_CNT_EMITTED: c.emitted += sum; break;
+            case IMDS_CNT_LOST: c.lost += sum; break;
+            case IMDS_CNT_DROPS_SEEN: c.drops_seen += sum; break;
+            }
+        }
+    }
+    return c;
+}
+
+std::vector<std::string> Tracer::attach_summary() const { return impl_->summary; }
+
+}  // namespace imdstrace

@@ -1,0 +1,75 @@
+// The BPF side's life cycle: open -> configure -> load -> attach -> poll ->
+// detach.  A Tracer owns the skeleton, every attachment and the ring
+// buffer; destroying it (normal exit, SIGINT, SIGTERM, an exception) leaves
+// nothing behind: no tc filter, no clsact qdisc it created, no cgroup link,
+// nothing pinned.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "common/net.hpp"
+#include "loader/uplink.hpp"
+
+namespace imdstrace {
+
+// What the running kernel offers, read from its BTF (no tracefs needed).
+struct KernelFeatures {
+    std::string release;             // uname -r
+    bool has_btf = false;            // /sys/kernel/btf/vmlinux readable
+    bool kfree_skb_reason = false;   // v5.17+: kfree_skb carries a drop reason
+    bool icmp_send_tracepoint = false;  // v6.9+: icmp/icmp_send
+    bool tcx = false;                // v6.6+: tcx links (detach on process exit)
+    int tcx_ingress = -1;            // enum bpf_attach_type values of this kernel
+    int tcx_egress = -1;
+    bool tracefs_mounted = false;    // informational: tp_btf does not need it
+
+    static KernelFeatures probe();
+};
+
+struct TracerConfig {
+    std::vector<Endpoint> targets;
+    std::vector<Interface> uplinks;
+    std::string cgroup_dir;   // cgroup v2 directory for the cgroup_skb programs; "" = none
+    bool prefer_tcx = true;   // fall back to netlink tc when the kernel has no tcx
+    bool attach = true;       // false: load only (the verifier's verdict, for `check`)
+};
+
+struct TracerCounters {
+    std::uint64_t seen = 0;
+    std::uint64_t emitted = 0;
+    std::uint64_t lost = 0;
+    std::uint64_t drops_seen = 0;
+};
+
+class Tracer {
+public:
+    using EventHandler = std::function<void(std::span<const std::uint8_t>)>;
+
+    // Loads and attaches; throws std::runtime_error with a message that says
+    // what failed and what to do.  Nothing stays attached on failure.
+    static std::unique_ptr<Tracer> start(const TracerConfig& config, const KernelFeatures& features,
+                                         EventHandler on_event);
+    ~Tracer();
+    Tracer(const Tracer&) = delete;
+    Tracer& operator=(const Tracer&) = delete;
+
+    // Deliver pending events to the handler; waits up to timeout_ms.
+    // Returns the number of events, or -1 on error.
+    int poll(int timeout_ms);
+    TracerCounters counters() const;
+    // "tcx" or "tc" per uplink, and which drop/ICMP paths are in use.
+    std::vector<std::string> attach_summary() const;
+
+private:
+    Tracer() = default;
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace imdstrace

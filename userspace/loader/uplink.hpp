@@ -1,0 +1,25 @@
+// Uplinks: the interfaces through which this network namespace reaches the
+// metadata endpoints, found by asking the kernel's routing table.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/net.hpp"
+
+namespace imdstrace {
+
+struct Interface {
+    int ifindex = 0;
+    std::string name;
+    auto operator<=>(const Interface&) const = default;
+};
+
+// RTM_GETROUTE for one destination (no packet is sent).  nullopt when there
+// is no route; `error` says why.
+std::optional<Interface> route_interface(const IpAddr& dst, std::string* error = nullptr);
+// The interface by name, nullopt when absent in this network namespace.
+std::optional<Interface> interface_by_name(const std::string& name);
+
+}  // namespace imdstrace

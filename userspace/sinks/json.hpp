@@ -1,0 +1,23 @@
+// JSON forms of transactions and diagnoses (contracts in ../shared/DESIGN.md).
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include "verdict/diagnosis.hpp"
+#include "verdict/record.hpp"
+
+namespace imdstrace {
+
+inline constexpr const char* kTransactionSchema = "imdstrace.transaction/v1";
+inline constexpr const char* kDiagnosisSchema = "imdstrace.diagnosis/v1";
+
+nlohmann::json to_json(const TransactionRecord& r);
+// Throws std::runtime_error naming the missing/invalid field.
+TransactionRecord record_from_json(const nlohmann::json& j);
+nlohmann::json to_json(const Diagnosis& d);
+
+// "2026-11-26T22:00:00.123Z"
+std::string iso8601_ms(std::int64_t unix_ms);
+std::optional<std::int64_t> parse_iso8601_ms(const std::string& s);
+
+}  // namespace imdstrace

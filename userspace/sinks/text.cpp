@@ -1,0 +1,89 @@
+#include "sinks/text.hpp"
+
+#include <fmt/format.h>
+
+#include <ctime>
+
+namespace imdstrace {
+namespace {
+
+std::string paint(const std::string& s, Verdict v, TextStyle style) {
+    if (!style.color) return s;
+    const char* code = v == Verdict::ok ? "\033[32m" : v == Verdict::not_found ? "\033[33m" : "\033[1;31m";
+    return code + s + "\033[0m";
+}
+
+std::string clock_time(std::int64_t unix_ms) {
+    std::time_t secs = unix_ms / 1000;
+    std::tm tm{};
+    localtime_r(&secs, &tm);
+    return fmt::format("{:02}:{:02}:{:02}.{:03}", tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(unix_ms % 1000));
+}
+
+std::string opt(const std::optional<int>& v) { return v ? std::to_string(*v) : "-"; }
+
+}  // namespace
+
+std::string format_transaction_header(TextStyle) {
+    return fmt::format("{:<12}  {:<18}  {:<32}  {:<42}  {:>6}  {:>7}  {:>4}  {:>5}  {}", "TIME", "VERDICT", "WHO",
+                       "REQUEST", "STATUS", "TTL@NODE", "HOPS", "NEEDS", "EVIDENCE");
+}
+
+std::string format_transaction(const TransactionRecord& r, TextStyle style) {
+    std::string request = r.request ? r.request->method + " " + r.request->path : "(no request)";
+    if (request.size() > 42) request = request.substr(0, 39) + "...";
+    std::string who = r.subject();
+    if (who.size() > 32) who = who.substr(0, 29) + "...";
+    auto verdict = fmt::format("{:<18}", to_string(r.verdict));
+    return fmt::format("{:<12}  {}  {:<32}  {:<42}  {:>6}  {:>7}  {:>4}  {:>5}  {} ({} -> {}, {} ms)",
+                       clock_time(r.wall_ms), paint(verdict, r.verdict, style), who, request, opt(r.status),
+                       opt(r.ttl_at_node), opt(r.hops) + (r.hops_inferred ? "?" : ""), opt(r.required_hop_limit),
+                       r.evidence, r.client.str(), r.server.str(), r.duration_ms);
+}
+
+std::string format_diagnosis(const Diagnosis& d, TextStyle style) {
+    std::string out;
+    std::string targets;
+    for (const auto& t : d.targets) targets += (targets.empty() ? "" : ", ") + t;
+    out += fmt::format("imdstrace diagnosis: {} transaction{} in {:.0f} s to {}\n", d.transactions,
+                       d.transactions == 1 ? "" : "s", d.window_s, targets);
+    if (d.hop_limit_observed)
+        out += fmt::format("node: IMDS hop limit observed {} (TTL of token responses arriving at the node)\n",
+                           *d.hop_limit_observed);
+    else
+        out += "node: IMDS hop limit not observed (no token response reached the uplink)\n";
+    if (d.pods.empty()) {
+        out += "\nNo metadata traffic seen. Is anything on this node calling IMDS? Try `imdstrace probe`.\n";
+        return out;
+    }
+    out += fmt::format("\n{:<18}  {:<40}  {:>4}  {:>5}  {:>3}  {}\n", "VERDICT", "POD", "HOPS", "NEEDS", "TX",
+                       "TRANSACTIONS BY VERDICT");
+    for (const auto& p : d.pods) {
+        std::string by;
+        for (const auto& [v, n] : p.verdicts) by += fmt::format("{}{} {}", by.empty() ? "" : ", ", n, to_string(v));
+        std::string who = p.subject;
+        if (who.size() > 40) who = who.substr(0, 37) + "...";
+        out += fmt::format("{}  {:<40}  {:>4}  {:>5}  {:>3}  {}\n",
+                           paint(fmt::format("{:<18}", to_string(p.verdict)), p.verdict, style), who, opt(p.hops),
+                           opt(p.required_hop_limit), p.transactions, by);
+    }
+    if (d.findings.empty()) {
+        out += "\nHealthy: every transaction was answered and delivered.\n";
+        return out;
+    }
+    for (const auto& f : d.findings) {
+        std::string pods;
+        for (const auto& p : f.pods) pods += (pods.empty() ? "" : ", ") + p;
+        out += fmt::format("\n{} {}\n", paint(std::string(to_string(f.verdict)), f.verdict, style), pods);
+        out += fmt::format("  evidence: {}\n", f.evidence);
+        if (!f.fix.empty()) {
+            std::string fix = f.fix;
+            for (std::size_t pos = 0; (pos = fix.find('\n', pos)) != std::string::npos; pos += 7)
+                fix.replace(pos, 1, "\n       ");
+            out += fmt::format("  fix:   {}\n", fix);
+        }
+    }
+    return out;
+}
+
+}  // namespace imdstrace

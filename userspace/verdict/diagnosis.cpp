@@ -1,0 +1,169 @@
+#include "verdict/diagnosis.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+namespace imdstrace {
+
+std::string TransactionRecord::subject() const {
+    if (pod) return pod->ref();
+    if (!cgroup.empty()) return "cgroup:" + cgroup;
+    return "client:" + client.addr.str();
+}
+
+bool Diagnosis::failing() const {
+    return std::any_of(findings.begin(), findings.end(), [](const Finding& f) { return is_failure(f.verdict); });
+}
+
+std::string hop_limit_fix(int required) {
+    return fmt::format(
+        "Raise the instance metadata hop limit (httpPutResponseHopLimit) to {0}:\n"
+        "  Karpenter EC2NodeClass:  spec.metadataOptions.httpPutResponseHopLimit: {0}\n"
+        "  Launch template:         MetadataOptions.HttpPutResponseHopLimit = {0}\n"
+        "  Running instance:        aws ec2 modify-instance-metadata-options --instance-id <id> "
+        "--http-put-response-hop-limit {0} --http-tokens required --http-endpoint enabled",
+        required);
+}
+
+namespace {
+
+std::string generic_fix(Verdict v, const TransactionRecord& example) {
+    std::string where;
+    if (!example.drops.empty())
+        where = fmt::format("{}{}{}", example.drops.front().location,
+                            example.drops.front().reason.empty() ? "" : ", reason ", example.drops.front().reason);
+    switch (v) {
+    case Verdict::token_required:
+        return "The client speaks IMDSv1 but the instance requires tokens (httpTokens=required): upgrade the "
+               "client/SDK to IMDSv2 (PUT /latest/api/token first); only as a stopgap set --http-tokens optional.";
+    case Verdict::token_invalid:
+        return "The token sent is expired or not valid for this instance: fetch a new token with PUT "
+               "/latest/api/token and check the client's token cache and TTL.";
+    case Verdict::forbidden:
+        return "IMDS refused the request: the endpoint is disabled (aws ec2 modify-instance-metadata-options "
+               "--http-endpoint enabled), a proxy adds X-Forwarded-For to the token PUT (exclude 169.254.169.254 "
+               "via NO_PROXY), or the token path is versioned (use /latest/api/token).";
+    case Verdict::bad_request:
+        return "The token PUT lacks X-aws-ec2-metadata-token-ttl-seconds (or the request is malformed): fix the "
+               "client.";
+    case Verdict::not_found:
+        return "The path does not exist on this instance (for example no IAM role attached for "
+               "iam/security-credentials): check the path and the instance profile.";
+    case Verdict::blocked:
+        return fmt::format("A policy on the node drops IMDS traffic (at {}): check iptables/nftables FORWARD "
+                           "and OUTPUT rules, NetworkPolicies and BPF programs that match 169.254.169.254.",
+                           where.empty() ? "an unknown place" : where);
+    case Verdict::no_route:
+        return "There is no route to the metadata endpoint or back to the client: check `ip route get "
+               "169.254.169.254` on the node and in the pod, and the node's route back to the pod address.";
+    case Verdict::refused:
+        return "The connection was reset: something on the path answers for the metadata address (an IMDS "
+               "proxy such as kube2iam/kiam, or a local interceptor); check what listens there.";
+    case Verdict::no_response:
+        return "Nothing came back: IMDS throttles silently beyond the link-local allowance (~1024 packets/s per "
+               "interface); cache credentials and tokens, reduce polling, and check the endpoint is enabled.";
+    case Verdict::dropped:
+        return fmt::format("The kernel dropped the traffic at {}: look up that drop reason for this kernel.",
+                           where.empty() ? "an unknown place" : where);
+    default:
+        return {};
+    }
+}
+
+}  // namespace
+
+Diagnosis DiagnosisBuilder::build(double window_s, std::vector<std::string> targets) const {
+    Diagnosis d;
+    d.window_s = window_s;
+    d.targets = std::move(targets);
+    d.transactions = static_cast<int>(records_.size());
+
+    std::map<std::string, PodSummary> pods;
+    for (const auto& r : records_) {
+        if (r.token_request() && r.ttl_at_node)
+            d.hop_limit_observed = std::min(d.hop_limit_observed.value_or(255), *r.ttl_at_node);
+        auto& p = pods[r.subject()];
+        p.subject = r.subject();
+        if (r.pod) p.pod = r.pod;
+        if (!r.cgroup.empty()) p.cgroup = r.cgroup;
+        p.ips.insert(r.client.addr.str());
+        // Exact figures beat inferred ones; among equals the largest distance counts.
+        if (r.hops && (!r.hops_inferred || !p.hops)) p.hops = std::max(p.hops.value_or(0), *r.hops);
+        if (p.hops) p.required_hop_limit = *p.hops + 1;
+        ++p.transactions;
+        ++p.verdicts[r.verdict];
+        if (severity(r.verdict) > severity(p.verdict)) p.verdict = r.verdict;
+    }
+    for (auto& [k, p] : pods) d.pods.push_back(std::move(p));
+    std::stable_sort(d.pods.begin(), d.pods.end(), [](const PodSummary& a, const PodSummary& b) {
+        return severity(a.verdict) > severity(b.verdict);
+    });
+
+    // One finding per failing verdict, naming every pod that met it.
+    std::map<int, Verdict, std::greater<>> seen;
+    for (const auto& r : records_)
+        if (r.verdict != Verdict::ok) seen.emplace(severity(r.verdict), r.verdict);
+    for (auto [sev, v] : seen) {
+        Finding f;
+        f.verdict = v;
+        const TransactionRecord* example = nullptr;
+        std::map<std::string, std::uint32_t> drop_totals;
+        std::uint32_t icmp = 0, count = 0;
+        int required = 0, max_hops = -1;
+        std::set<std::string> fallback_pods;
+        for (const auto& r : records_) {
+            if (r.verdict != v) continue;
+            ++count;
+            if (!example) example = &r;
+            if (std::find(f.pods.begin(), f.pods.end(), r.subject()) == f.pods.end()) f.pods.push_back(r.subject());
+            for (const auto& dr : r.drops)
+                drop_totals[fmt::format("{}{} at {} (TTL {})", dr.reason.empty() ? "" : "reason ", dr.reason,
+                                        dr.location, dr.ttl)] += dr.count;
+            icmp += r.icmp_time_exceeded;
+            if (r.required_hop_limit) required = std::max(required, *r.required_hop_limit);
+            if (r.hops) max_hops = std::max(max_hops, *r.hops);
+        }
+        std::string drops;
+        for (const auto& [what, n] : drop_totals) drops += fmt::format("{}{} drops {}", drops.empty() ? "" : ", ", n, what);
+
+        if (v == Verdict::hop_limit_exceeded) {
+            // Pods whose token requests fail but whose tokenless GETs still work.
+            for (const auto& r : records_)
+                if (r.verdict == Verdict::ok && r.request && !r.request->token &&
+                    std::find(f.pods.begin(), f.pods.end(), r.subject()) != f.pods.end())
+                    fallback_pods.insert(r.subject());
+            int limit = d.hop_limit_observed.value_or(example->ttl_at_node.value_or(0));
+            if (required <= limit) required = limit + 1;
+            f.evidence = fmt::format("{} transaction{}: ", count, count == 1 ? "" : "s");
+            if (d.hop_limit_observed)
+                f.evidence += fmt::format("token responses reach the node with TTL {} (the instance's hop limit)",
+                                          *d.hop_limit_observed);
+            else if (example->ttl_at_node)
+                f.evidence += fmt::format("responses reach the node with TTL {}", *example->ttl_at_node);
+            if (max_hops >= 0)
+                f.evidence += fmt::format("; the client{} {} {} hop{} behind the uplink and need{} hop limit {}",
+                                          f.pods.size() == 1 ? "" : "s", f.pods.size() == 1 ? "is" : "are", max_hops,
+                                          max_hops == 1 ? "" : "s", f.pods.size() == 1 ? "s" : "", required);
+            if (!drops.empty()) f.evidence += "; kernel: " + drops;
+            if (icmp) f.evidence += fmt::format("; {} ICMP time exceeded sent back to IMDS", icmp);
+            if (!fallback_pods.empty()) {
+                std::string names;
+                for (const auto& n : fallback_pods) names += (names.empty() ? "" : ", ") + n;
+                f.evidence += fmt::format("; IMDSv1 requests without a token still succeed for {}: they will fail "
+                                          "too once httpTokens is required",
+                                          names);
+            }
+            f.fix = hop_limit_fix(std::max(required, 2));
+        } else {
+            f.evidence = fmt::format("{} transaction{}; e.g. {}", count, count == 1 ? "" : "s", example->evidence);
+            if (!drops.empty() && example->evidence.find("dropped") == std::string::npos)
+                f.evidence += "; kernel: " + drops;
+            f.fix = generic_fix(v, *example);
+        }
+        d.findings.push_back(std::move(f));
+    }
+    return d;
+}
+
+}  // namespace imdstrace

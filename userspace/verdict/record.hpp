@@ -1,0 +1,50 @@
+// A finished, judged and attributed transaction: what sinks print and what
+// `report` reads back from JSONL.  Everything here round-trips through the
+// transaction JSON (schema imdstrace.transaction/v1).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/net.hpp"
+#include "correlate/transaction.hpp"
+#include "decode/http.hpp"
+#include "pods/resolver.hpp"
+#include "verdict/verdict.hpp"
+
+namespace imdstrace {
+
+struct ProcessInfo {
+    std::uint32_t pid = 0;
+    std::string comm;
+};
+
+struct TransactionRecord {
+    std::int64_t wall_ms = 0;  // unix time of the transaction start
+    std::optional<PodInfo> pod;
+    std::string cgroup;  // client socket's cgroup, relative to the cgroup2 mount
+    std::optional<ProcessInfo> process;
+    Endpoint client;
+    Endpoint server;
+    std::optional<HttpRequest> request;
+    std::optional<int> status;
+    std::optional<int> ttl_at_node;
+    std::optional<int> hops;
+    bool hops_inferred = false;
+    std::optional<int> required_hop_limit;
+    Verdict verdict = Verdict::ok;
+    std::string evidence;
+    std::vector<DropRecord> drops;
+    std::uint32_t icmp_time_exceeded = 0;
+    std::uint32_t retransmits = 0;
+    std::int64_t duration_ms = 0;
+
+    Family family() const { return client.addr.family; }
+    bool token_request() const { return request && request->is_token_request(); }
+    // "ns/name", else "cgroup:/path", else "client:1.2.3.4".
+    std::string subject() const;
+};
+
+}  // namespace imdstrace

@@ -1,0 +1,197 @@
+#include "verdict/verdict.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <array>
+#include <utility>
+
+namespace imdstrace {
+namespace {
+
+constexpr std::array<std::pair<Verdict, std::string_view>, 12> kNames = {{
+    {Verdict::ok, "OK"},
+    {Verdict::hop_limit_exceeded, "HOP_LIMIT_EXCEEDED"},
+    {Verdict::token_required, "TOKEN_REQUIRED"},
+    {Verdict::token_invalid, "TOKEN_INVALID"},
+    {Verdict::forbidden, "FORBIDDEN"},
+    {Verdict::bad_request, "BAD_REQUEST"},
+    {Verdict::not_found, "NOT_FOUND"},
+    {Verdict::blocked, "BLOCKED"},
+    {Verdict::no_route, "NO_ROUTE"},
+    {Verdict::refused, "REFUSED"},
+    {Verdict::no_response, "NO_RESPONSE"},
+    {Verdict::dropped, "DROPPED"},
+}};
+
+bool forwarding_location(std::string_view loc) { return loc == "ip_forward" || loc == "ip6_forward"; }
+
+// A drop that means "this response ran out of hops": the forward path's
+// TTL check, or a datapath that decrements TTL itself and drops in tc
+// (Cilium), both with the TTL already at 1 or 0.
+bool hop_exhaustion(const DropRecord& d) {
+    if (!d.response || d.ttl > 1) return false;
+    return forwarding_location(d.location) || d.reason == "IP_INHDR" || d.reason.starts_with("TC_");
+}
+
+bool policy_drop(const DropRecord& d) {
+    return d.reason == "NETFILTER_DROP" || d.reason.starts_with("BPF_CGROUP") || d.reason.starts_with("TC_") ||
+           d.reason == "IPTABLES" || d.location.starts_with("nft_") || d.location.starts_with("ipt_") ||
+           d.location == "nf_hook_slow";
+}
+
+bool route_drop(const DropRecord& d) {
+    return d.reason == "IP_OUTNOROUTES" || d.reason == "IP_INNOROUTES" || d.reason == "IP6_INNOROUTES" ||
+           d.reason.ends_with("NOROUTES");
+}
+
+std::string describe_drops(const Transaction& t, bool (*pick)(const DropRecord&)) {
+    std::string out;
+    for (const auto& d : t.drops) {
+        if (pick && !pick(d)) continue;
+        if (!out.empty()) out += ", ";
+        out += fmt::format("{}x dropped {}{}{} at {} (TTL {})", d.count, d.response ? "response " : "request ",
+                           d.reason.empty() ? "" : "reason ", d.reason, d.location, d.ttl);
+    }
+    return out;
+}
+
+Verdict status_verdict(const Transaction& t) {
+    int s = t.response ? t.response->status : 0;
+    if (s >= 200 && s < 400) return Verdict::ok;
+    if (s == 401) return t.request && t.request->token ? Verdict::token_invalid : Verdict::token_required;
+    if (s == 403) return Verdict::forbidden;
+    if (s == 404) return Verdict::not_found;
+    if (s == 429 || s == 503) return Verdict::no_response;  // throttled
+    if (s >= 400 && s < 500) return Verdict::bad_request;
+    return Verdict::dropped;
+}
+
+std::string status_evidence(const Transaction& t, bool delivered_seen) {
+    std::string s = fmt::format("HTTP {}", t.response ? t.response->status : 0);
+    if (t.request) {
+        std::string headers;
+        if (t.request->token) headers += " with token header";
+        else headers += " without token header";
+        if (t.request->method == "PUT" && !t.request->token_ttl) headers += ", without TTL header";
+        if (t.request->forwarded_for) headers += ", with X-Forwarded-For";
+        s += fmt::format(" to {} {}{}", t.request->method, t.request->path, headers);
+    }
+    s += delivered_seen ? ", delivered to the client socket" : ", seen at the uplink";
+    return s;
+}
+
+}  // namespace
+
+std::string_view to_string(Verdict v) {
+    for (auto& [k, n] : kNames)
+        if (k == v) return n;
+    return "UNKNOWN";
+}
+
+std::optional<Verdict> verdict_from_string(std::string_view s) {
+    for (auto& [k, n] : kNames)
+        if (n == s) return k;
+    return std::nullopt;
+}
+
+int severity(Verdict v) {
+    switch (v) {
+    case Verdict::ok: return 0;
+    case Verdict::not_found: return 1;
+    case Verdict::dropped: return 2;
+    case Verdict::no_response: return 3;
+    case Verdict::bad_request: return 4;
+    case Verdict::forbidden: return 5;
+    case Verdict::token_invalid: return 6;
+    case Verdict::token_required: return 7;
+    case Verdict::refused: return 8;
+    case Verdict::no_route: return 9;
+    case Verdict::blocked: return 10;
+    case Verdict::hop_limit_exceeded: return 11;
+    }
+    return 0;
+}
+
+bool is_failure(Verdict v) { return v != Verdict::ok && v != Verdict::not_found; }
+
+HopFigures hop_figures(const Transaction& t) {
+    HopFigures h;
+    if (t.ttl_sent && t.ttl_at_uplink && *t.ttl_sent >= *t.ttl_at_uplink) {
+        h.hops = *t.ttl_sent - *t.ttl_at_uplink;
+    } else if (t.local_socket_at_uplink) {
+        h.hops = 0;  // a socket of the node itself: no forwarding hop
+    } else if (t.ttl_at_uplink) {
+        // Client not seen by the cgroup hooks: assume the common initial TTLs.
+        int ttl = *t.ttl_at_uplink;
+        int initial = ttl <= 64 ? 64 : ttl <= 128 ? 128 : 255;
+        h.hops = initial - ttl;
+        h.inferred = true;
+    }
+    if (h.hops) h.required_hop_limit = *h.hops + 1;
+    return h;
+}
+
+Classification classify(const Transaction& t, std::string_view server_text) {
+    Classification c;
+    c.hops = hop_figures(t);
+    const bool responded = t.response_at_uplink || t.delivered;
+
+    if (t.delivered) {
+        c.verdict = status_verdict(t);
+        c.evidence = status_evidence(t, true);
+        return c;
+    }
+
+    auto hop_drops = describe_drops(t, hop_exhaustion);
+    bool predicted = t.response_ttl_at_node && c.hops.hops && *t.response_ttl_at_node <= *c.hops.hops;
+    if (!hop_drops.empty() || t.icmp_time_exceeded > 0 || (predicted && t.seen_at_socket)) {
+        c.verdict = Verdict::hop_limit_exceeded;
+        std::string e;
+        if (t.response_ttl_at_node)
+            e = fmt::format("response reached the node with TTL {}", *t.response_ttl_at_node);
+        if (c.hops.hops)
+            e += fmt::format("{}client is {} hop{} behind the uplink{}", e.empty() ? "" : ", ", *c.hops.hops,
+                             *c.hops.hops == 1 ? "" : "s", c.hops.inferred ? " (inferred)" : "");
+        if (!hop_drops.empty()) e += "; " + hop_drops;
+        if (t.icmp_time_exceeded)
+            e += fmt::format("; {} ICMP time exceeded sent to {}", t.icmp_time_exceeded, server_text);
+        if (hop_drops.empty() && !t.icmp_time_exceeded) e += "; response never delivered";
+        c.evidence = e;
+        return c;
+    }
+
+    if (!t.drops.empty()) {
+        bool policy = std::any_of(t.drops.begin(), t.drops.end(), policy_drop);
+        bool route = std::any_of(t.drops.begin(), t.drops.end(), route_drop);
+        c.verdict = policy ? Verdict::blocked : route ? Verdict::no_route : Verdict::dropped;
+        c.evidence = describe_drops(t, nullptr);
+        return c;
+    }
+
+    if (t.server_reset) {
+        c.verdict = Verdict::refused;
+        c.evidence = fmt::format("connection reset by {}", server_text);
+        return c;
+    }
+
+    if (responded) {
+        // Seen arriving, no drop seen: the client is outside the traced cgroup
+        // (or delivery raced the end of the window).  Judge by the status.
+        c.verdict = status_verdict(t);
+        c.evidence = status_evidence(t, false);
+        return c;
+    }
+
+    c.verdict = Verdict::no_response;
+    if (!t.handshake_answered)
+        c.evidence = fmt::format("no SYN-ACK from {}{}", server_text,
+                                 t.retransmits ? fmt::format(", {} retransmissions", t.retransmits) : "");
+    else
+        c.evidence = fmt::format("connected, but no response to {}{}",
+                                 t.request ? t.request->method + " " + t.request->path : std::string("the request"),
+                                 t.retransmits ? fmt::format(", {} retransmissions", t.retransmits) : "");
+    return c;
+}
+
+}  // namespace imdstrace

@@ -223,7 +223,8 @@ static __attribute__((noinline)) int observe_target(struct __sk_buff *skb, __u32
 	struct tcphdr th = {};
 	struct imds_event *e;
 	__u8 icmp_type = 0, icmp_code = 0, dir;
-	__u32 idx, payload_off, payload_len, n;
+	__u32 idx, payload_off, payload_len;
+	__u64 n, avail;
 
 	if (ipv6 ? parse_ipv6(&src, &l3) : parse_ipv4(&src, &l3))
 		return 0;
@@ -276,16 +277,19 @@ static __attribute__((noinline)) int observe_target(struct __sk_buff *skb, __u32
 	payload_off = l3.l4_off + th.doff * 4;
 	payload_len = l3.l4_len > th.doff * 4 ? l3.l4_len - th.doff * 4 : 0;
 	e->payload_len = payload_len;
+	/* Copy what the skb holds, at most IMDS_PAYLOAD_MAX bytes.  64-bit
+	 * arithmetic and a barrier keep the bound on the register the helper
+	 * receives (the verifier rejects a 32-bit copy of a checked value). */
+	avail = skb->len;
+	avail = avail > (__u64)l3_off + payload_off ? avail - l3_off - payload_off : 0;
 	n = payload_len;
 	if (n > IMDS_PAYLOAD_MAX) {
 		n = IMDS_PAYLOAD_MAX;
 		e->flags |= IMDS_F_TRUNCATED;
 	}
-	/* Copy what the linear + paged data holds; a short skb copies less. */
-	if (skb->len <= l3_off + payload_off)
-		n = 0;
-	else if (n > skb->len - l3_off - payload_off)
-		n = skb->len - l3_off - payload_off;
+	if (n > avail)
+		n = avail;
+	barrier_var(n);
 	if (n > 0 && n <= IMDS_PAYLOAD_MAX) {
 		if (bpf_skb_load_bytes(skb, l3_off + payload_off, e->payload, n) == 0)
 			e->copied = n;

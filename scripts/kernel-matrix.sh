@@ -25,6 +25,7 @@ CACHE=
 TIMEOUT=240
 SMP=1
 MEM=1024
+MAX_LINES=${KERNEL_MATRIX_MAX_LINES:-80}
 ALLOW_MISSING=0
 KEEP=0
 while [ $# -gt 0 ]; do
@@ -192,7 +193,13 @@ printf 'passwd: files\ngroup: files\nhosts: files\n' >"$ROOTFS/etc/nsswitch.conf
 echo imdstrace-matrix >"$ROOTFS/etc/hostname"
 
 for pf in "${PROJECT_FILES[@]}"; do
-  if [ -e "${pf%%:*}" ]; then add_file "${pf%%:*}" "${pf#*:}"; fi
+  if [ -e "${pf%%:*}" ]; then
+    add_file "${pf%%:*}" "${pf#*:}"
+    # Debug info can be most of a Debug build's size; the guest only runs the binary.
+    if command -v strip >/dev/null && head -c4 "${pf%%:*}" | grep -q 'ELF'; then
+      strip --strip-debug "$ROOTFS${pf#*:}"
+    fi
+  fi
 done
 # The build-dir layout, for scripts that find binaries relative to a build directory.
 for b in imdstrace tests/testbed/imds-emulator tests/testbed/imds-client; do
@@ -408,7 +415,10 @@ for series in $KERNELS; do
   tr -d '\r' <"$logf.raw" | sed -E 's/\x1b\[[0-9;?]*[A-Za-z]//g; s/\x1bc//g' >"$logf"; rm -f "$logf.raw"
 
   marker=$(grep -aoE 'IMDSTRACE-MATRIX-RESULT: (PASS|FAIL.*)' "$logf" | tail -n1 || true)
-  grep -aE '^(scenario|guest):' "$logf" | sed "s/^/  [$series] /" || true
+  # The guest's own progress lines; capped, since a verifier log can run to thousands.
+  shown=$(grep -acE '^(scenario|guest):' "$logf" || true)
+  grep -aE '^(scenario|guest):' "$logf" | head -n "$MAX_LINES" | sed "s/^/  [$series] /" || true
+  [ "$shown" -le "$MAX_LINES" ] || echo "  [$series] ... $((shown - MAX_LINES)) more lines in $logf"
   if [ "$marker" = "IMDSTRACE-MATRIX-RESULT: PASS" ]; then
     line="kernel $kver: PASS ($elapsed s)"
     passed=$((passed + 1))

@@ -172,14 +172,27 @@ private:
 };
 
 int libbpf_to_spdlog(libbpf_print_level level, const char* fmt, va_list args) {
-    char buf[1024];
-    int n = std::vsnprintf(buf, sizeof(buf), fmt, args);
-    std::string line(buf, n > 0 ? std::min<std::size_t>(n, sizeof(buf) - 1) : 0);
-    while (!line.empty() && line.back() == '\n') line.pop_back();
-    switch (level) {
-    case LIBBPF_WARN: spdlog::warn("libbpf: {}", line); break;
-    case LIBBPF_INFO: spdlog::debug("libbpf: {}", line); break;
-    default: spdlog::trace("libbpf: {}", line); break;
+    va_list copy;
+    va_copy(copy, args);
+    int n = std::vsnprintf(nullptr, 0, fmt, copy);
+    va_end(copy);
+    if (n <= 0) return n;
+    std::string text(static_cast<std::size_t>(n) + 1, '\0');
+    std::vsnprintf(text.data(), text.size(), fmt, args);
+    text.resize(n);
+    while (!text.empty() && text.back() == '\n') text.pop_back();
+    // The verifier log arrives as one multi-line message.
+    std::size_t start = 0;
+    while (start <= text.size()) {
+        auto end = text.find('\n', start);
+        auto line = text.substr(start, end == std::string::npos ? std::string::npos : end - start);
+        switch (level) {
+        case LIBBPF_WARN: spdlog::warn("libbpf: {}", line); break;
+        case LIBBPF_INFO: spdlog::debug("libbpf: {}", line); break;
+        default: spdlog::trace("libbpf: {}", line); break;
+        }
+        if (end == std::string::npos) break;
+        start = end + 1;
     }
     return n;
 }

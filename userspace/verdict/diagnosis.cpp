@@ -118,7 +118,8 @@ Diagnosis DiagnosisBuilder::build(double window_s, std::vector<std::string> targ
             if (!example) example = &r;
             if (std::find(f.pods.begin(), f.pods.end(), r.subject()) == f.pods.end()) f.pods.push_back(r.subject());
             for (const auto& dr : r.drops)
-                drop_totals[fmt::format("{}{} at {} (TTL {})", dr.reason.empty() ? "" : "reason ", dr.reason,
+                if (!endpoint_bookkeeping(dr))
+                    drop_totals[fmt::format("{}{} at {} (TTL {})", dr.reason.empty() ? "" : "reason ", dr.reason,
                                         dr.location, dr.ttl)] += dr.count;
             icmp += r.icmp_time_exceeded;
             if (r.required_hop_limit) required = std::max(required, *r.required_hop_limit);

@@ -45,6 +45,8 @@ bool route_drop(const DropRecord& d) {
            d.reason.ends_with("NOROUTES");
 }
 
+bool path_drop(const DropRecord& d) { return !endpoint_bookkeeping(d); }
+
 std::string describe_drops(const Transaction& t, bool (*pick)(const DropRecord&)) {
     std::string out;
     for (const auto& d : t.drops) {
@@ -113,6 +115,11 @@ int severity(Verdict v) {
     return 0;
 }
 
+bool endpoint_bookkeeping(const DropRecord& d) {
+    return d.reason.starts_with("TCP_") || d.reason == "NO_SOCKET" || d.reason == "SOCKET_CLOSE" ||
+           (d.reason.empty() && d.location.starts_with("tcp_"));
+}
+
 bool is_failure(Verdict v) { return v != Verdict::ok && v != Verdict::not_found; }
 
 HopFigures hop_figures(const Transaction& t) {
@@ -161,11 +168,11 @@ Classification classify(const Transaction& t, std::string_view server_text) {
         return c;
     }
 
-    if (!t.drops.empty()) {
+    if (std::any_of(t.drops.begin(), t.drops.end(), path_drop)) {
         bool policy = std::any_of(t.drops.begin(), t.drops.end(), policy_drop);
         bool route = std::any_of(t.drops.begin(), t.drops.end(), route_drop);
         c.verdict = policy ? Verdict::blocked : route ? Verdict::no_route : Verdict::dropped;
-        c.evidence = describe_drops(t, nullptr);
+        c.evidence = describe_drops(t, path_drop);
         return c;
     }
 

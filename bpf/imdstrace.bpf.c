@@ -277,9 +277,7 @@ static __attribute__((noinline)) int observe_target(struct __sk_buff *skb, __u32
 	payload_off = l3.l4_off + th.doff * 4;
 	payload_len = l3.l4_len > th.doff * 4 ? l3.l4_len - th.doff * 4 : 0;
 	e->payload_len = payload_len;
-	/* Copy what the skb holds, at most IMDS_PAYLOAD_MAX bytes.  64-bit
-	 * arithmetic and a barrier keep the bound on the register the helper
-	 * receives (the verifier rejects a 32-bit copy of a checked value). */
+	/* Copy what the skb holds, at most IMDS_PAYLOAD_MAX bytes. */
 	avail = skb->len;
 	avail = avail > (__u64)l3_off + payload_off ? avail - l3_off - payload_off : 0;
 	n = payload_len;
@@ -289,8 +287,14 @@ static __attribute__((noinline)) int observe_target(struct __sk_buff *skb, __u32
 	}
 	if (n > avail)
 		n = avail;
-	barrier_var(n);
-	if (n > 0 && n <= IMDS_PAYLOAD_MAX) {
+	if (n > 0) {
+		/*
+		 * For n in [1, MAX] this is n itself, but written so that every
+		 * verifier sees the range [1, MAX] on the very register passed
+		 * to the helper: 6.1 and 6.12 do not carry a bound from the
+		 * compiler's "n - 1 < MAX" form back to n.
+		 */
+		n = ((n - 1) & (IMDS_PAYLOAD_MAX - 1)) + 1;
 		if (bpf_skb_load_bytes(skb, l3_off + payload_off, e->payload, n) == 0)
 			e->copied = n;
 	}

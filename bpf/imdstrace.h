@@ -13,7 +13,10 @@
 
 /* Targets are configuration (rodata), bounded so the verifier unrolls. */
 #define IMDS_MAX_TARGETS 8
-/* First TCP payload bytes copied: request line + header names, status line. */
+/*
+ * First TCP payload bytes copied: request line + header names, status line.
+ * A power of two: the BPF copy masks its length with IMDS_PAYLOAD_MAX - 1.
+ */
 #define IMDS_PAYLOAD_MAX 256
 
 /* Where a packet was seen. */

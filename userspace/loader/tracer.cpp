@@ -95,9 +95,13 @@ public:
         opts.priority = kTcPriority;
         if (int err = bpf_tc_detach(&hook, &opts); err && err != -ENOENT && err != -ENODEV)
             spdlog::warn("could not remove the tc filter on {}: {}", iface_.name, errstr(err));
-        if (created_qdisc_) {
-            // Only a qdisc this run created goes; its other direction's
-            // hook was destroyed first.
+        // The qdisc goes only if this run (or a killed earlier run) created
+        // it and nobody else's filter hangs off it by now.
+        const int left_in = created_qdisc_ ? tc_filter_count(iface_.ifindex, true) : -1;
+        const int left_out = created_qdisc_ ? tc_filter_count(iface_.ifindex, false) : -1;
+        spdlog::debug("{} {}: qdisc ours {}, filters left {}/{}", iface_.name, ingress_ ? "ingress" : "egress",
+                      created_qdisc_, left_in, left_out);
+        if (created_qdisc_ && left_in == 0 && left_out == 0) {
             hook.attach_point = static_cast<bpf_tc_attach_point>(BPF_TC_INGRESS | BPF_TC_EGRESS);
             if (int err = bpf_tc_hook_destroy(&hook); err && err != -ENOENT && err != -ENODEV && err != -EINVAL)
                 spdlog::warn("could not remove the clsact qdisc on {}: {}", iface_.name, errstr(err));
@@ -161,8 +165,10 @@ private:
         d.sz = sizeof(d);
         d.handle = kTcHandle;
         d.priority = kTcPriority;
-        if (bpf_tc_detach(&hook, &d) == 0)
+        if (bpf_tc_detach(&hook, &d) == 0) {
             spdlog::warn("removed a stale imdstrace tc filter on {} left by an earlier run", iface_.name);
+            created_qdisc_ = true;  // that run's qdisc: ours to remove once empty
+        }
     }
 
     Interface iface_;
@@ -181,6 +187,12 @@ int libbpf_to_spdlog(libbpf_print_level level, const char* fmt, va_list args) {
     std::vsnprintf(text.data(), text.size(), fmt, args);
     text.resize(n);
     while (!text.empty() && text.back() == '\n') text.pop_back();
+    if (text.starts_with("libbpf: ")) text.erase(0, 8);
+    // Expected answers to our own probes (does a clsact qdisc / our filter
+    // already exist?) are not worth a warning.
+    if (level == LIBBPF_WARN && (text.find("Exclusivity flag on") != std::string::npos ||
+                                 text.find("Cannot find specified filter chain") != std::string::npos))
+        level = LIBBPF_DEBUG;
     // The verifier log arrives as one multi-line message.
     std::size_t start = 0;
     while (start <= text.size()) {

@@ -74,3 +74,54 @@ std::optional<Interface> route_interface(const IpAddr& dst, std::string* error) 
 }
 
 }  // namespace imdstrace
+
+#include <linux/pkt_sched.h>
+
+namespace imdstrace {
+
+int tc_filter_count(int ifindex, bool ingress) {
+    int fd = ::socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+    if (fd < 0) return -1;
+    struct {
+        nlmsghdr nh;
+        tcmsg tc;
+    } req{};
+    req.nh.nlmsg_len = NLMSG_LENGTH(sizeof(tcmsg));
+    req.nh.nlmsg_type = RTM_GETTFILTER;
+    req.nh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    req.nh.nlmsg_seq = 1;
+    req.tc.tcm_family = AF_UNSPEC;
+    req.tc.tcm_ifindex = ifindex;
+    req.tc.tcm_parent = TC_H_MAKE(TC_H_CLSACT, ingress ? TC_H_MIN_INGRESS : TC_H_MIN_EGRESS);
+    sockaddr_nl kernel{};
+    kernel.nl_family = AF_NETLINK;
+    if (::sendto(fd, &req, req.nh.nlmsg_len, 0, reinterpret_cast<sockaddr*>(&kernel), sizeof(kernel)) < 0) {
+        ::close(fd);
+        return -1;
+    }
+    int count = 0;
+    char buf[16384];
+    for (;;) {
+        ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+        if (n <= 0) {
+            count = -1;
+            break;
+        }
+        for (auto* nh = reinterpret_cast<nlmsghdr*>(buf); NLMSG_OK(nh, static_cast<unsigned>(n)); nh = NLMSG_NEXT(nh, n)) {
+            if (nh->nlmsg_type == NLMSG_DONE) {
+                ::close(fd);
+                return count;
+            }
+            if (nh->nlmsg_type == NLMSG_ERROR) {
+                auto* err = static_cast<nlmsgerr*>(NLMSG_DATA(nh));
+                ::close(fd);
+                return err->error == 0 ? count : -1;
+            }
+            if (nh->nlmsg_type == RTM_NEWTFILTER) ++count;
+        }
+    }
+    ::close(fd);
+    return count;
+}
+
+}  // namespace imdstrace

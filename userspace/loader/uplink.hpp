@@ -23,3 +23,11 @@ std::optional<Interface> route_interface(const IpAddr& dst, std::string* error =
 std::optional<Interface> interface_by_name(const std::string& name);
 
 }  // namespace imdstrace
+
+namespace imdstrace {
+
+// Number of tc filter entries under the clsact ingress or egress hook of an
+// interface (RTM_GETTFILTER dump); -1 when the kernel cannot be asked.
+int tc_filter_count(int ifindex, bool ingress);
+
+}  // namespace imdstrace

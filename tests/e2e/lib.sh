@@ -1,0 +1,141 @@
+# Shared helpers for imdstrace's end-to-end tests (bash).
+#
+# Each test builds its own testbed (network namespaces + cgroups with a
+# unique imdst-* prefix), runs the real tracer in the node namespace against
+# real traffic from pods and host processes, and removes everything on exit,
+# also on failure.  Nothing touches the root network namespace.
+set -euo pipefail
+
+: "${IMDSTRACE:?path to the imdstrace binary}"
+: "${IMDS_EMULATOR:?path to imds-emulator}"
+: "${IMDS_CLIENT:?path to imds-client}"
+REPO=${REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+TESTBED="$REPO/scripts/testbed.sh"
+export TESTBED_QUIET=1
+
+PREFIX="imdst-e$$$(printf '%04x' $((RANDOM)))"
+PREFIX=${PREFIX//[^a-z0-9-]/}
+WORK=$(mktemp -d "/tmp/${PREFIX}.XXXX")
+TRACER_PID=""
+FAILURES=0
+CHECKS=0
+
+cleanup() {
+    local rc=$?
+    if [[ -n "$TRACER_PID" ]] && kill -0 "$TRACER_PID" 2>/dev/null; then
+        kill -TERM "$TRACER_PID" 2>/dev/null || true
+        wait "$TRACER_PID" 2>/dev/null || true
+    fi
+    "$TESTBED" down --prefix "$PREFIX" >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { printf 'e2e: %s\n' "$*" >&2; }
+
+require_root() {
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "e2e: these tests need root (network namespaces, BPF); run them as root" >&2
+        exit 1
+    fi
+}
+
+testbed_up() {  # testbed_up HOP_LIMIT [extra testbed args...]
+    local hop=$1; shift
+    "$TESTBED" up --prefix "$PREFIX" --hop-limit "$hop" --emulator "$IMDS_EMULATOR" "$@" >"$WORK/testbed.log" 2>&1 ||
+        { cat "$WORK/testbed.log" >&2; fail "testbed up failed"; exit 1; }
+    # shellcheck disable=SC1090
+    . "/run/imdstrace-testbed/$PREFIX/env"
+}
+
+# Start the tracer in the node namespace; returns once its probes are attached.
+tracer_start() {  # tracer_start OUTFILE imdstrace-args...
+    local out=$1; shift
+    rm -f "$WORK/ready"
+    nsenter --net="$NODE_NETNS_PATH" "$IMDSTRACE" "$@" --ready-file "$WORK/ready" >"$out" 2>"$out.err" &
+    TRACER_PID=$!
+    for _ in $(seq 100); do
+        [[ -f "$WORK/ready" ]] && return 0
+        kill -0 "$TRACER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    cat "$out.err" >&2
+    fail "tracer did not attach"
+    exit 1
+}
+
+tracer_wait() {  # sets TRACER_RC
+    TRACER_RC=0
+    wait "$TRACER_PID" || TRACER_RC=$?
+    TRACER_PID=""
+}
+
+pod_client() {  # pod_client I [imds-client args...]
+    local pod=$1; shift
+    "$TESTBED" exec --prefix "$PREFIX" --pod "$pod" -- "$IMDS_CLIENT" "$@" >>"$WORK/clients.log" 2>&1 || true
+}
+
+host_client() {
+    "$TESTBED" exec --prefix "$PREFIX" --host -- "$IMDS_CLIENT" "$@" >>"$WORK/clients.log" 2>&1 || true
+}
+
+in_node() { nsenter --net="$NODE_NETNS_PATH" "$@"; }
+
+pass() { CHECKS=$((CHECKS + 1)); printf '  ok    %s\n' "$*"; }
+fail() { CHECKS=$((CHECKS + 1)); FAILURES=$((FAILURES + 1)); printf '  FAIL  %s\n' "$*"; }
+
+# expect_eq DESCRIPTION ACTUAL EXPECTED
+expect_eq() {
+    if [[ "$2" == "$3" ]]; then pass "$1 ($2)"; else fail "$1: got '$2', expected '$3'"; fi
+}
+
+# expect_jq DESCRIPTION FILE JQ-FILTER (must print true)
+expect_jq() {
+    local got
+    got=$(jq -r "$3" "$2" 2>&1 || true)
+    if [[ "$got" == "true" ]]; then pass "$1"; else fail "$1: jq '$3' gave '$got'"; fi
+}
+
+# expect_each DESCRIPTION JSONL-FILE SELECT CONDITION: at least one line
+# matches SELECT, and every such line satisfies CONDITION.
+expect_each() {
+    local got
+    got=$(jq -s -r "[.[] | select($3)] | length > 0 and all(.[]; $4)" "$2" 2>&1 || true)
+    if [[ "$got" == "true" ]]; then pass "$1"; else fail "$1: lines matching '$3' fail '$4' ($got)"; fi
+}
+
+expect_grep() {  # expect_grep DESCRIPTION FILE PATTERN
+    if grep -qE -- "$3" "$2"; then pass "$1"; else fail "$1: /$3/ not in $2"; fi
+}
+
+expect_no_grep() {
+    if grep -qE -- "$3" "$2"; then fail "$1: /$3/ found in $2"; else pass "$1"; fi
+}
+
+# No imdstrace program may remain loaded, and nothing may remain attached to
+# the uplink or the cgroup.  Program release is asynchronous: poll briefly.
+expect_clean() {
+    local what=$1 left=""
+    for _ in $(seq 30); do
+        left=$(bpftool prog show 2>/dev/null | grep -E "name (uplink_ingress|uplink_egress|socket_egress|socket_ingress|observe_drop|observe_icmp_send)" || true)
+        [[ -z "$left" ]] && break
+        sleep 0.1
+    done
+    if [[ -z "$left" ]]; then pass "$what: no imdstrace BPF program left loaded"; else fail "$what: programs left: $left"; fi
+    local filters
+    filters=$(in_node tc filter show dev "$NODE_IFACE" ingress 2>/dev/null; in_node tc filter show dev "$NODE_IFACE" egress 2>/dev/null)
+    expect_eq "$what: no tc filter on $NODE_IFACE" "${filters:-none}" "none"
+    local qdisc
+    qdisc=$(in_node tc qdisc show dev "$NODE_IFACE" | grep -c clsact || true)
+    expect_eq "$what: no clsact qdisc left on $NODE_IFACE" "$qdisc" "0"
+    local cg
+    cg=$(bpftool cgroup show "$CGROUP_DIR" 2>/dev/null | grep -cE "socket_(egress|ingress)" || true)
+    expect_eq "$what: no cgroup attachment on $CGROUP_DIR" "$cg" "0"
+}
+
+finish() {
+    echo "e2e $(basename "$0"): $((CHECKS - FAILURES)) passed, $FAILURES failed"
+    [[ $FAILURES -eq 0 ]]
+}

@@ -57,6 +57,9 @@ PROJECT_FILES=(
   "$BUILD_DIR/tests/testbed/imds-emulator:/usr/bin/imds-emulator"
   "$BUILD_DIR/tests/testbed/imds-client:/usr/bin/imds-client"
   "$REPO/scripts/testbed.sh:/repo/scripts/testbed.sh"
+  "$REPO/tests/e2e/lib.sh:/repo/tests/e2e/lib.sh"
+  "$REPO/tests/e2e/hop_limit.sh:/repo/tests/e2e/hop_limit.sh"
+  "$REPO/tests/e2e/lifecycle.sh:/repo/tests/e2e/lifecycle.sh"
 )
 missing=0
 for pf in "${PROJECT_FILES[@]}"; do

@@ -15,7 +15,7 @@ export TESTBED_QUIET=1
 
 PREFIX="imdst-e$$$(printf '%04x' $((RANDOM)))"
 PREFIX=${PREFIX//[^a-z0-9-]/}
-WORK=$(mktemp -d "/tmp/${PREFIX}.XXXX")
+WORK=$(mktemp -d "/tmp/${PREFIX}.XXXXXX")
 TRACER_PID=""
 FAILURES=0
 CHECKS=0

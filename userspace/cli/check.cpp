@@ -88,7 +88,7 @@ int run_check(const SessionOptions& opts, const std::string& output) {
                                          : "tp_btf/kfree_skb without reasons (kernel < 5.17): locations only",
                      ""});
     lines.push_back({"icmp path", true, false,
-                     kf.icmp_send_tracepoint ? "tp_btf/icmp_send (6.9+) and ICMP leaving the uplink"
+                     kf.icmp_send_tracepoint ? "tp_btf/icmp_send (in mainline since 6.9; some stable kernels have it) and ICMP leaving the uplink"
                                              : "ICMP leaving the uplink (no icmp_send tracepoint before 6.9)",
                      ""});
     lines.push_back({"tc attach", true, false,

@@ -44,6 +44,13 @@ scenario_limit1() {
         '.pod.name == "pod1"' \
         '.request.method == "PUT" and .verdict == "HOP_LIMIT_EXCEEDED" and .response.status == 200 and .response.ttl_at_node == 1 and any(.drops[]; .reason == "IP_INHDR" and .location == "ip_forward" and .ttl == 1)'
     expect_each "events: host transactions OK with hops 0" "$ev" '.pod == null' '.verdict == "OK" and .hops == 0'
+    # Postmortem: the recording rebuilds the same diagnosis.
+    local rc=0
+    "$IMDSTRACE" report -o json "$ev" >"$WORK/report.json" 2>"$WORK/report.err" || rc=$?
+    expect_eq "report on the recording exits 3 like diagnose" "$rc" "3"
+    expect_eq "report rebuilds the same pods, node facts and findings" \
+        "$(jq -S '{node, pods, findings, transactions}' "$WORK/report.json")" \
+        "$(jq -S '{node, pods, findings, transactions}' "$d")"
     expect_clean "after diagnose exited"
 }
 
@@ -94,6 +101,7 @@ scenario_watch() {
     expect_clean "after watch exited"
 }
 
+SCENARIO=${1:-}
 case "${1:-}" in
 limit1) scenario_limit1 ;;
 limit2) scenario_limit2 ;;

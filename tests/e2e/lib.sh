@@ -26,6 +26,11 @@ cleanup() {
         kill -TERM "$TRACER_PID" 2>/dev/null || true
         wait "$TRACER_PID" 2>/dev/null || true
     fi
+    if [[ $rc -ne 0 || $FAILURES -ne 0 ]] && [[ -d "$WORK" ]]; then
+        cp "/run/imdstrace-testbed/$PREFIX/emulator.log" "$WORK/" 2>/dev/null || true
+        local keep="${E2E_ARTIFACTS:-/tmp/imdstrace-e2e-failures}/$(basename "$0" .sh)-${SCENARIO:-}-$PREFIX"
+        mkdir -p "$keep" && cp -r "$WORK"/. "$keep"/ && echo "e2e: artifacts of the failed run kept in $keep" >&2
+    fi
     "$TESTBED" down --prefix "$PREFIX" >/dev/null 2>&1 || true
     rm -rf "$WORK"
     exit "$rc"

@@ -106,6 +106,7 @@ scenario_usage() {
     expect_grep "check reports the verifier accepted every program" "$WORK/check.out" "bpf load .*accepted"
 }
 
+SCENARIO=${1:-}
 case "${1:-}" in
 signals) scenario_signals ;;
 sigkill) scenario_sigkill ;;

@@ -107,6 +107,7 @@ std::string join(const std::vector<std::string>& v, const char* sep) {
 int run_watch(const CommonArgs& a) {
     Session session(session_options(a, a.duration > 0 ? std::optional<double>(a.duration) : std::nullopt));
     session.start();
+    spdlog::info("watching IMDS traffic (Ctrl-C to stop): {}", join(session.describe(), "; "));
     TextStyle style{isatty(STDOUT_FILENO) == 1};
     const bool json = a.output == "json";
     if (!json) std::cout << format_transaction_header(style) << std::endl;
@@ -146,7 +147,8 @@ int run_diagnose(const CommonArgs& a) {
     return print_diagnosis(builder.build(session.elapsed_s(), session.target_strings()), a.output);
 }
 
-int run_report(const std::string& file, const std::string& output) {
+int run_report(const std::string& file, const CommonArgs& a) {
+    const std::string& output = a.output;
     std::ifstream in(file);
     if (!in) throw UsageError("cannot read " + file);
     DiagnosisBuilder builder;
@@ -168,7 +170,13 @@ int run_report(const std::string& file, const std::string& output) {
         }
     }
     double window = first ? (last - first) / 1000.0 : 0;
-    return print_diagnosis(builder.build(window, {targets.begin(), targets.end()}), output);
+    // The targets the recording was made with (the same defaults as live),
+    // plus any other server that appears in it.
+    std::vector<std::string> all;
+    for (const auto& t : session_options(a, std::nullopt).targets) all.push_back(t.str());
+    for (const auto& t : targets)
+        if (std::find(all.begin(), all.end(), t) == all.end()) all.push_back(t);
+    return print_diagnosis(builder.build(window, all), output);
 }
 
 }  // namespace
@@ -190,6 +198,7 @@ int main(int argc, char** argv) {
     auto* report = app.add_subcommand("report", "Rebuild the diagnosis from a recorded JSONL file");
     add_common(report, args, false);
     report->add_option("file", report_file, "JSONL written by --events")->required();
+    report->add_option("--target", args.targets, "Targets the recording was made with (default: the IMDS addresses)");
 
     auto* check = app.add_subcommand("check", "Preflight: kernel, BTF, privileges, cgroup v2, attach points");
     add_common(check, args, true);
@@ -208,7 +217,7 @@ int main(int argc, char** argv) {
     install_signal_handlers();
     try {
         if (*diagnose) return run_diagnose(args);
-        if (*report) return run_report(report_file, args.output);
+        if (*report) return run_report(report_file, args);
         if (*check) return run_check(session_options(args, std::nullopt), args.output);
         return run_watch(args);
     } catch (const UsageError& e) {

@@ -184,7 +184,7 @@ void Session::start() {
         }
         impl_->correlator->observe(*o);
     });
-    for (const auto& line : impl.tracer->attach_summary()) spdlog::info("{}", line);
+    for (const auto& line : impl.tracer->attach_summary()) spdlog::debug("{}", line);
     if (!opts_.ready_file.empty()) std::ofstream(opts_.ready_file) << "ready\n";
 }
 

@@ -40,6 +40,7 @@ std::string IpAddr::str() const {
 std::optional<Endpoint> Endpoint::parse(std::string_view text, std::uint16_t default_port) {
     std::string_view host = text;
     std::string_view port;
+    bool has_port = false;  // "ADDR:" with nothing after the colon is an error, not the default
     if (!text.empty() && text.front() == '[') {
         auto close = text.find(']');
         if (close == std::string_view::npos) return std::nullopt;
@@ -48,16 +49,18 @@ std::optional<Endpoint> Endpoint::parse(std::string_view text, std::uint16_t def
         if (!rest.empty()) {
             if (rest.front() != ':') return std::nullopt;
             port = rest.substr(1);
+            has_port = true;
         }
     } else if (std::count(text.begin(), text.end(), ':') == 1) {
         auto colon = text.find(':');
         host = text.substr(0, colon);
         port = text.substr(colon + 1);
+        has_port = true;
     }
     auto addr = IpAddr::parse(host);
     if (!addr) return std::nullopt;
     Endpoint ep{*addr, default_port};
-    if (!port.empty()) {
+    if (has_port) {
         unsigned value = 0;
         auto [ptr, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
         if (ec != std::errc{} || ptr != port.data() + port.size() || value == 0 || value > 65535)

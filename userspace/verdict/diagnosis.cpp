@@ -80,6 +80,7 @@ Diagnosis DiagnosisBuilder::build(double window_s, std::vector<std::string> targ
     d.transactions = static_cast<int>(records_.size());
 
     std::map<std::string, PodSummary> pods;
+    std::set<std::string> exact_hops;  // subjects whose hops were measured, not inferred
     for (const auto& r : records_) {
         if (r.token_request() && r.ttl_at_node)
             d.hop_limit_observed = std::min(d.hop_limit_observed.value_or(255), *r.ttl_at_node);
@@ -89,7 +90,15 @@ Diagnosis DiagnosisBuilder::build(double window_s, std::vector<std::string> targ
         if (!r.cgroup.empty()) p.cgroup = r.cgroup;
         p.ips.insert(r.client.addr.str());
         // Exact figures beat inferred ones; among equals the largest distance counts.
-        if (r.hops && (!r.hops_inferred || !p.hops)) p.hops = std::max(p.hops.value_or(0), *r.hops);
+        if (r.hops) {
+            const bool exact = exact_hops.contains(p.subject);
+            if (!r.hops_inferred && !exact) {
+                p.hops = *r.hops;  // the first measured figure replaces any inferred one
+                exact_hops.insert(p.subject);
+            } else if (r.hops_inferred != exact) {
+                p.hops = std::max(p.hops.value_or(0), *r.hops);
+            }
+        }
         if (p.hops) p.required_hop_limit = *p.hops + 1;
         ++p.transactions;
         ++p.verdicts[r.verdict];

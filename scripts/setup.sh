@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Install everything imdstrace needs to build and test, from Debian packages
+# (nothing is downloaded at build time).  Idempotent; root.
+#   scripts/setup.sh            build + test dependencies
+#   scripts/setup.sh --matrix   also the kernel-matrix tools (qemu, busybox, ...)
+set -euo pipefail
+
+pkgs=(
+  build-essential cmake pkg-config
+  clang llvm                      # BPF target (clang -target bpf)
+  libbpf-dev bpftool              # libbpf, skeletons (bpftool gen skeleton)
+  libelf-dev zlib1g-dev
+  libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
+  libgtest-dev
+  iproute2 iptables nftables util-linux jq   # testbed: ip, tc, nsenter; assertions
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup: run as root (it installs packages with apt-get)" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ "${1:-}" = "--matrix" ]; then
+  "$(dirname "$0")/setup-kernel-matrix.sh"
+fi
+echo "setup: ok"

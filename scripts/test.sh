@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls this): installs the
+# dependencies, builds, runs unit, BPF, end-to-end and kernel-matrix tests
+# (root: real BPF, real namespaces), then prints the benchmark figures.
+#   sudo scripts/test.sh [--no-kernels]     (--no-kernels: skip the 6.1/6.12 qemu matrix)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+KERNELS=1
+[ "${1:-}" = "--no-kernels" ] && KERNELS=0
+[ "$(id -u)" -eq 0 ] || { echo "test: run as root (BPF, network namespaces)" >&2; exit 1; }
+
+if [ "$KERNELS" = 1 ]; then scripts/setup.sh --matrix; else scripts/setup.sh; fi
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+cmake --build build -j"$(nproc)"
+
+# Leftovers of an interrupted earlier run (only imdst-* testbeds are touched).
+scripts/testbed.sh sweep >/dev/null 2>&1 || true
+
+labels="unit|bpf|e2e"
+[ "$KERNELS" = 1 ] && labels="$labels|kernels"
+ctest --test-dir build --output-on-failure -L "^($labels)\$"
+
+# Figures, not a pass/fail test.
+if [ -x build/bench/imdstrace-bench ]; then
+  echo "== benchmark (BPF_PROG_TEST_RUN, ns/packet)"
+  build/bench/imdstrace-bench || echo "benchmark failed (not a test)"
+fi

@@ -12,6 +12,7 @@ pkgs=(
   libelf-dev zlib1g-dev
   libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
   libgtest-dev
+  libcpp-httplib-dev libcurl4-openssl-dev tcpdump   # metrics server, k8s API client, pcap checks
   iproute2 iptables nftables util-linux jq   # testbed: ip, tc, nsenter; assertions
 )
 

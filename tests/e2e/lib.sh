@@ -96,6 +96,11 @@ expect_eq() {
     if [[ "$2" == "$3" ]]; then pass "$1 ($2)"; else fail "$1: got '$2', expected '$3'"; fi
 }
 
+# expect_same DESCRIPTION ACTUAL EXPECTED: like expect_eq, quiet on success
+expect_same() {
+    if [[ "$2" == "$3" ]]; then pass "$1"; else fail "$1: differs"; diff <(echo "$2") <(echo "$3") | head -40; fi
+}
+
 # expect_jq DESCRIPTION FILE JQ-FILTER (must print true)
 expect_jq() {
     local got

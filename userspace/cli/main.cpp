@@ -78,8 +78,6 @@ void setup_logging(const std::string& level) {
 }
 
 SessionOptions session_options(const CommonArgs& a, std::optional<double> duration) {
-    if (!a.pcap.empty()) throw UsageError("--pcap is not available in this version");
-    if (!a.metrics.empty()) throw UsageError("--metrics is not available in this version");
     SessionOptions o;
     for (const auto& t : a.targets) {
         auto ep = Endpoint::parse(t, 80);
@@ -93,6 +91,8 @@ SessionOptions session_options(const CommonArgs& a, std::optional<double> durati
     o.host_root = a.host_root;
     o.events_file = a.events;
     o.ready_file = a.ready_file;
+    o.pcap_file = a.pcap;
+    o.metrics_listen = a.metrics;
     o.duration_s = duration;
     o.prefer_tcx = !a.no_tcx;
     return o;

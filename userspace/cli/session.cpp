@@ -11,6 +11,10 @@
 #include "decode/kernel_names.hpp"
 #include "decode/observation.hpp"
 #include "sinks/json.hpp"
+#include "sinks/metrics.hpp"
+#include "sinks/pcap.hpp"
+
+#include <net/if.h>
 
 namespace imdstrace {
 
@@ -59,6 +63,17 @@ struct Session::Impl {
     std::uint64_t start_mono = 0;
     std::int64_t start_unix_ms = 0;
     std::uint64_t malformed = 0;
+    std::unique_ptr<PcapWriter> pcap;
+    std::unique_ptr<Metrics> metrics;
+    std::unique_ptr<MetricsServer> metrics_server;
+
+    std::string ifname(std::uint32_t ifindex) const {
+        for (const auto& u : uplinks)
+            if (static_cast<std::uint32_t>(u.ifindex) == ifindex) return u.name;
+        char buf[IF_NAMESIZE] = {};
+        if (if_indextoname(ifindex, buf)) return buf;
+        return "if" + std::to_string(ifindex);
+    }
 
     std::int64_t wall_ms(std::uint64_t mono_ns) const {
         return start_unix_ms + (static_cast<std::int64_t>(mono_ns) - static_cast<std::int64_t>(start_mono)) / 1'000'000;
@@ -169,6 +184,30 @@ void Session::start() {
         if (!impl.events) throw UsageError("--events: cannot write " + opts_.events_file);
     }
 
+    if (!opts_.pcap_file.empty()) {
+        try {
+            impl.pcap = std::make_unique<PcapWriter>(
+                opts_.pcap_file,
+                [this](const Observation& o) {
+                    return "drop reason=" + (o.drop_reason ? impl_->reasons.name(*o.drop_reason) : std::string("-")) +
+                           " location=" + impl_->symbols.function_at(o.location);
+                },
+                [this](std::uint32_t i) { return impl_->ifname(i); },
+                unix_ms_now() * 1'000'000LL - static_cast<std::int64_t>(monotonic_ns()));
+        } catch (const std::exception& e) {
+            throw UsageError(std::string("--pcap: ") + e.what());
+        }
+    }
+    if (!opts_.metrics_listen.empty()) {
+        impl.metrics = std::make_unique<Metrics>();
+        try {
+            impl.metrics_server = std::make_unique<MetricsServer>(*impl.metrics, opts_.metrics_listen);
+        } catch (const std::invalid_argument& e) {
+            throw UsageError(e.what());
+        }
+        spdlog::info("metrics on http://{}/metrics", opts_.metrics_listen);
+    }
+
     TracerConfig tc;
     tc.targets = opts_.targets;
     tc.uplinks = impl.uplinks;
@@ -182,6 +221,7 @@ void Session::start() {
             ++impl_->malformed;
             return;
         }
+        if (impl_->pcap) impl_->pcap->write(*o);
         impl_->correlator->observe(*o);
     });
     for (const auto& line : impl.tracer->attach_summary()) spdlog::debug("{}", line);
@@ -195,6 +235,7 @@ void Session::run(const std::atomic<bool>& stop, const RecordSink& sink) {
             auto r = std::move(impl.pending.front());
             impl.pending.pop_front();
             if (impl.events.is_open()) impl.events << to_json(r).dump() << std::endl;  // flushed per record
+            if (impl.metrics) impl.metrics->record(r, unix_ms_now());
             sink(r);
         }
     };
@@ -206,6 +247,7 @@ void Session::run(const std::atomic<bool>& stop, const RecordSink& sink) {
         auto now = monotonic_ns();
         impl.correlator->expire(now);
         deliver();
+        if (impl.metrics) impl.metrics->set_events_lost(impl.tracer->counters().lost);
         if (now >= deadline) break;
     }
     // Drain what the kernel already queued, then close every open transaction.
@@ -213,6 +255,8 @@ void Session::run(const std::atomic<bool>& stop, const RecordSink& sink) {
     impl.correlator->flush();
     deliver();
 }
+
+int Session::metrics_port() const { return impl_->metrics_server ? impl_->metrics_server->port() : -1; }
 
 double Session::elapsed_s() const { return (monotonic_ns() - impl_->start_mono) / 1e9; }
 

@@ -26,6 +26,8 @@ struct SessionOptions {
     std::string host_root = "/";
     std::string events_file;          // JSONL, appended and flushed per record
     std::string ready_file;           // written once attached (tests, scripts)
+    std::string pcap_file;            // pcapng evidence of every observed packet
+    std::string metrics_listen;       // ADDR:PORT for the Prometheus exposition
     std::optional<double> duration_s;
     bool prefer_tcx = true;
 };
@@ -57,6 +59,7 @@ public:
     std::vector<std::string> describe() const;  // what is attached where
     const SessionOptions& options() const { return opts_; }
     std::vector<std::string> target_strings() const;
+    int metrics_port() const;  // the bound port (useful with :0), -1 without --metrics
 
 private:
     struct Impl;

@@ -9,7 +9,7 @@ namespace imdstrace {
 namespace {
 
 constexpr std::array<std::string_view, 7> kMethods = {"GET", "PUT", "POST", "HEAD", "DELETE", "OPTIONS", "PATCH"};
-constexpr std::size_t kMaxPath = 256;
+constexpr std::size_t kMaxPath = 512;
 
 bool iequals(std::string_view a, std::string_view b) {
     return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
@@ -71,6 +71,46 @@ std::optional<HttpResponse> parse_http_response(std::span<const std::uint8_t> by
         status = status * 10 + (text[i] - '0');
     }
     return HttpResponse{status};
+}
+
+std::string redact_http_head(std::span<const std::uint8_t> bytes) {
+    static constexpr std::array<std::string_view, 9> kKeep = {
+        "Host", "User-Agent", "Content-Length", "Content-Type", "Connection", "Server", "Date",
+        "X-aws-ec2-metadata-token-ttl-seconds", "Accept"};
+    std::string_view text(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+    if (!parse_http_request(bytes) && !parse_http_response(bytes)) return {};
+    std::string out;
+    std::size_t pos = 0;
+    bool first = true;
+    while (pos < text.size()) {
+        auto eol = text.find("\r\n", pos);
+        if (eol == std::string_view::npos) {
+            // A head cut by the copy limit: keep only a complete-looking name.
+            auto line = text.substr(pos);
+            if (first) out += sanitize_path(line);
+            else if (auto c = line.find(':'); c != std::string_view::npos)
+                out += sanitize_path(line.substr(0, c)) + ": REDACTED\r\n";
+            break;
+        }
+        auto line = text.substr(pos, eol - pos);
+        pos = eol + 2;
+        if (line.empty()) {
+            out += "\r\n";  // end of head; the body is never kept
+            break;
+        }
+        if (first) {
+            out += sanitize_path(line) + "\r\n";
+            first = false;
+            continue;
+        }
+        auto colon = line.find(':');
+        if (colon == std::string_view::npos) continue;
+        auto name = line.substr(0, colon);
+        bool keep = std::any_of(kKeep.begin(), kKeep.end(), [&](std::string_view k) { return iequals(k, name); });
+        out += sanitize_path(name) + ":" + (keep ? sanitize_path(line.substr(colon + 1)) : std::string(" REDACTED")) +
+               "\r\n";
+    }
+    return out;
 }
 
 }  // namespace imdstrace

@@ -32,4 +32,11 @@ std::optional<HttpRequest> parse_http_request(std::span<const std::uint8_t> byte
 // Parse a status line ("HTTP/1.1 200 OK"); nullopt otherwise.
 std::optional<HttpResponse> parse_http_response(std::span<const std::uint8_t> bytes);
 
+// The head of an HTTP message fit to be written to evidence files: the
+// request or status line, then each header NAME with its value kept only
+// for a short allow-list of harmless headers (Host, Content-Length, the
+// token TTL, ...) and "REDACTED" otherwise; the body is dropped.  Empty when
+// the bytes are not an HTTP head (a body segment: nothing of it is kept).
+std::string redact_http_head(std::span<const std::uint8_t> bytes);
+
 }  // namespace imdstrace

@@ -66,6 +66,7 @@ std::optional<Observation> decode_event(std::span<const std::uint8_t> record) {
         std::span<const std::uint8_t> payload(e.payload, copied);
         if (o.direction == Direction::to_target) o.request = parse_http_request(payload);
         else o.response = parse_http_response(payload);
+        if (o.request || o.response) o.redacted_head = redact_http_head(payload);
     }
     return o;
 }

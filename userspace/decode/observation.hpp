@@ -56,6 +56,9 @@ struct Observation {
     // Parsed heads (redacted), present on the packet carrying them.
     std::optional<HttpRequest> request;
     std::optional<HttpResponse> response;
+    // The HTTP head with secrets replaced (redact_http_head), for evidence
+    // files; empty when the payload is not an HTTP head.
+    std::string redacted_head;
 
     bool is_syn() const { return (tcp_flags & tcp::syn) && !(tcp_flags & tcp::ack); }
     bool is_synack() const { return (tcp_flags & tcp::syn) && (tcp_flags & tcp::ack); }

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# End to end: one incident, three kinds of evidence that agree with each
+# other and carry no secrets.
+#   evidence.sh incident   diagnose with --events, --pcap, --metrics at hop limit 1:
+#                          report == live diagnosis, tcpdump reads the pcap (IMDS
+#                          packets, the TTL-1 response, the drop comment), the scrape
+#                          has the pod's HOP_LIMIT_EXCEEDED series, no token or
+#                          credential from the emulator appears anywhere.
+source "$(dirname "$0")/lib.sh"
+require_root
+
+scenario_incident() {
+    testbed_up 1
+    local port=19655
+    tracer_start "$WORK/diag.json" diagnose -o json --duration 9 --cgroup "$CGROUP_DIR" --pods "static:$PODS_JSON" \
+        --events "$WORK/events.jsonl" --pcap "$WORK/trace.pcapng" --metrics "127.0.0.1:$port"
+    # The pod fails on the token; the host fetches a token and credentials
+    # (secrets cross every hook, and must cross none of the outputs).
+    pod_client 1 --attempts 2
+    host_client --path /latest/meta-data/iam/security-credentials/ \
+        --path /latest/meta-data/iam/security-credentials/imdstrace-testbed-role
+    sleep 4  # let the pod's failed attempts finish (client timeout + linger)
+    in_node curl -sf "http://127.0.0.1:$port/metrics" >"$WORK/metrics.txt" || fail "scraping /metrics"
+    tracer_wait
+    expect_eq "diagnose exits 3" "$TRACER_RC" "3"
+
+    # JSONL -> report reproduces the live diagnosis.
+    local rc=0
+    "$IMDSTRACE" report -o json "$WORK/events.jsonl" >"$WORK/report.json" 2>>"$WORK/report.err" || rc=$?
+    expect_eq "report exits 3 like the live run" "$rc" "3"
+    expect_same "report == live diagnosis (pods, node, findings)" \
+        "$(jq -S '{node, pods, findings, transactions}' "$WORK/report.json")" \
+        "$(jq -S '{node, pods, findings, transactions}' "$WORK/diag.json")"
+    "$IMDSTRACE" report "$WORK/events.jsonl" >"$WORK/report.txt" 2>&1 || true
+    expect_grep "text report names the pod and the fix" "$WORK/report.txt" "httpPutResponseHopLimit: 2"
+
+    # pcap: standard tools open it and find the story.
+    tcpdump -nn -r "$WORK/trace.pcapng" >"$WORK/tcpdump.txt" 2>"$WORK/tcpdump.err" || fail "tcpdump cannot read the pcap: $(cat "$WORK/tcpdump.err")"
+    expect_grep "tcpdump shows the pod's token PUT" "$WORK/tcpdump.txt" "198\\.18\\.1\\.11\\.[0-9]+ > 169\\.254\\.169\\.254\\.80: .*PUT /latest/api/token"
+    local ttl1
+    ttl1=$(tcpdump -nn -r "$WORK/trace.pcapng" 'src host 169.254.169.254 and dst host 198.18.1.11 and ip[8] = 1 and tcp[13] & 8 != 0' 2>/dev/null | wc -l)
+    [[ $ttl1 -gt 0 ]] && pass "tcpdump finds the token response arriving with TTL 1 ($ttl1 packets)" || fail "no TTL-1 response to the pod in the pcap"
+    expect_grep "tcpdump shows ICMP time exceeded toward IMDS" "$WORK/tcpdump.txt" "ICMP time exceeded in-transit"
+    local drops
+    drops=$(strings "$WORK/trace.pcapng" | grep -c "hook=drop dir=from_target ttl=1 .*drop reason=IP_INHDR location=ip_forward" || true)
+    [[ $drops -gt 0 ]] && pass "pcap comments carry the drop reason and location ($drops drops)" || fail "no drop comment in the pcap"
+    expect_grep "pcap names its observation points" <(strings "$WORK/trace.pcapng") "uplink0 tc ingress"
+
+    # metrics agree with the diagnosis.
+    expect_grep "metrics: the pod's HOP_LIMIT_EXCEEDED series" "$WORK/metrics.txt" \
+        '^imdstrace_transactions_total\{namespace="testbed",pod="pod1",verdict="HOP_LIMIT_EXCEEDED"\} [1-9]'
+    expect_grep "metrics: IP_INHDR drops for the pod" "$WORK/metrics.txt" \
+        '^imdstrace_drops_total\{namespace="testbed",pod="pod1",reason="IP_INHDR"\} [1-9]'
+    expect_grep "metrics: node hop limit observed 1" "$WORK/metrics.txt" '^imdstrace_node_hop_limit_observed 1$'
+    expect_grep "metrics: the pod needs hop limit 2" "$WORK/metrics.txt" \
+        '^imdstrace_pod_required_hop_limit\{namespace="testbed",pod="pod1"\} 2$'
+    expect_grep "metrics: build info" "$WORK/metrics.txt" '^imdstrace_build_info\{version="[0-9.]+"\} 1$'
+    local n_tx
+    n_tx=$(jq -s '[.[] | select(.pod.name == "pod1")] | length' "$WORK/events.jsonl")
+    expect_grep "metrics count the same pod transactions as the JSONL ($n_tx)" "$WORK/metrics.txt" \
+        "^imdstrace_transactions_total\\{namespace=\"testbed\",pod=\"pod1\",verdict=\"HOP_LIMIT_EXCEEDED\"\\} $n_tx\$"
+
+    # Secrets: the credentials really flowed, and nothing of them was kept.
+    expect_grep "the host really fetched the credentials" "$WORK/clients.log" "security-credentials/imdstrace-testbed-role -> 200"
+    local leaks
+    leaks=$(grep -alE "IMDSFAKESECRET|AQAEA" "$WORK"/diag.json "$WORK"/diag.json.err "$WORK"/events.jsonl \
+        "$WORK"/trace.pcapng "$WORK"/metrics.txt "$WORK"/report.json "$WORK"/report.txt "$WORK"/tcpdump.txt || true)
+    expect_eq "no token or credential value in stdout, logs, JSONL, pcap, metrics or reports" "${leaks:-none}" "none"
+    expect_grep "the pcap keeps the token header's name, not its value" <(strings "$WORK/trace.pcapng") \
+        "X-Aws-Ec2-Metadata-Token: REDACTED"
+}
+
+SCENARIO=${1:-}
+case "${1:-}" in
+incident) scenario_incident ;;
+*) echo "usage: $0 incident" >&2; exit 2 ;;
+esac
+finish

@@ -1,0 +1,136 @@
+#include "sinks/metrics.hpp"
+
+#include <fmt/format.h>
+#include <httplib.h>
+
+#include <stdexcept>
+
+#include "common/net.hpp"
+
+namespace imdstrace {
+namespace {
+
+std::string escape(const std::string& v) {
+    std::string out;
+    for (char c : v) {
+        if (c == '\\') out += "\\\\";
+        else if (c == '"') out += "\\\"";
+        else if (c == '\n') out += "\\n";
+        else out += c;
+    }
+    return out;
+}
+
+constexpr const char* kVersion = "0.1.0";
+
+}  // namespace
+
+void Metrics::record(const TransactionRecord& r, std::int64_t now_ms) {
+    std::lock_guard lock(mu_);
+    std::string ns = r.pod ? r.pod->namespace_ : "";
+    std::string pod = r.pod ? r.pod->name : r.subject();
+    auto& p = pods_[ns + "/" + pod];
+    p.ns = ns;
+    p.pod = pod;
+    p.last_ms = now_ms;
+    ++p.transactions[std::string(to_string(r.verdict))];
+    for (const auto& d : r.drops)
+        if (!endpoint_bookkeeping(d)) p.drops[d.reason.empty() ? d.location : d.reason] += d.count;
+    if (r.required_hop_limit) p.required_hop_limit = std::max(p.required_hop_limit.value_or(0), *r.required_hop_limit);
+    if (r.ttl_at_node) {
+        int ttl = *r.ttl_at_node;
+        for (std::size_t i = 0; i < std::size(kTtlBuckets); ++i)
+            if (ttl <= kTtlBuckets[i]) ++ttl_bucket_counts_[i];
+        ++ttl_count_;
+        ttl_sum_ += static_cast<std::uint64_t>(ttl);
+        if (r.token_request()) node_hop_limit_ = std::min(node_hop_limit_.value_or(255), ttl);
+    }
+}
+
+void Metrics::set_events_lost(std::uint64_t lost) {
+    std::lock_guard lock(mu_);
+    events_lost_ = lost;
+}
+
+void Metrics::age_out(std::int64_t now_ms) {
+    for (auto it = pods_.begin(); it != pods_.end();) {
+        if (now_ms - it->second.last_ms > pod_ttl_.count()) it = pods_.erase(it);
+        else ++it;
+    }
+}
+
+std::size_t Metrics::pod_series() const {
+    std::lock_guard lock(mu_);
+    return pods_.size();
+}
+
+std::string Metrics::render(std::int64_t now_ms) {
+    std::lock_guard lock(mu_);
+    age_out(now_ms);
+    std::string o;
+    o += "# HELP imdstrace_transactions_total IMDS transactions by pod and verdict.\n";
+    o += "# TYPE imdstrace_transactions_total counter\n";
+    for (const auto& [k, p] : pods_)
+        for (const auto& [v, n] : p.transactions)
+            o += fmt::format("imdstrace_transactions_total{{namespace=\"{}\",pod=\"{}\",verdict=\"{}\"}} {}\n",
+                             escape(p.ns), escape(p.pod), v, n);
+    o += "# HELP imdstrace_drops_total Kernel drops of IMDS traffic by pod and drop reason.\n";
+    o += "# TYPE imdstrace_drops_total counter\n";
+    for (const auto& [k, p] : pods_)
+        for (const auto& [reason, n] : p.drops)
+            o += fmt::format("imdstrace_drops_total{{namespace=\"{}\",pod=\"{}\",reason=\"{}\"}} {}\n", escape(p.ns),
+                             escape(p.pod), escape(reason), n);
+    o += "# HELP imdstrace_response_ttl_at_node IP TTL of IMDS responses arriving at the node.\n";
+    o += "# TYPE imdstrace_response_ttl_at_node histogram\n";
+    for (std::size_t i = 0; i < std::size(kTtlBuckets); ++i)
+        o += fmt::format("imdstrace_response_ttl_at_node_bucket{{le=\"{}\"}} {}\n", kTtlBuckets[i],
+                         ttl_bucket_counts_[i]);
+    o += fmt::format("imdstrace_response_ttl_at_node_bucket{{le=\"+Inf\"}} {}\n", ttl_count_);
+    o += fmt::format("imdstrace_response_ttl_at_node_sum {}\n", ttl_sum_);
+    o += fmt::format("imdstrace_response_ttl_at_node_count {}\n", ttl_count_);
+    o += "# HELP imdstrace_pod_required_hop_limit IMDS hop limit the pod needs (hops behind the uplink + 1).\n";
+    o += "# TYPE imdstrace_pod_required_hop_limit gauge\n";
+    for (const auto& [k, p] : pods_)
+        if (p.required_hop_limit)
+            o += fmt::format("imdstrace_pod_required_hop_limit{{namespace=\"{}\",pod=\"{}\"}} {}\n", escape(p.ns),
+                             escape(p.pod), *p.required_hop_limit);
+    o += "# HELP imdstrace_node_hop_limit_observed TTL of IMDS token responses arriving at the node.\n";
+    o += "# TYPE imdstrace_node_hop_limit_observed gauge\n";
+    if (node_hop_limit_) o += fmt::format("imdstrace_node_hop_limit_observed {}\n", *node_hop_limit_);
+    o += "# HELP imdstrace_events_lost_total Events the kernel could not queue (ring buffer full).\n";
+    o += "# TYPE imdstrace_events_lost_total counter\n";
+    o += fmt::format("imdstrace_events_lost_total {}\n", events_lost_);
+    o += "# HELP imdstrace_build_info imdstrace version.\n";
+    o += "# TYPE imdstrace_build_info gauge\n";
+    o += fmt::format("imdstrace_build_info{{version=\"{}\"}} 1\n", kVersion);
+    return o;
+}
+
+MetricsServer::MetricsServer(Metrics& metrics, const std::string& listen) : server_(std::make_unique<httplib::Server>()) {
+    auto ep = Endpoint::parse(listen, 0);
+    if (!ep) throw std::invalid_argument("--metrics " + listen + ": expected ADDR:PORT, e.g. 0.0.0.0:9655");
+    server_->Get("/metrics", [&metrics](const httplib::Request&, httplib::Response& res) {
+        auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                       std::chrono::system_clock::now().time_since_epoch())
+                       .count();
+        res.set_content(metrics.render(now), "text/plain; version=0.0.4; charset=utf-8");
+    });
+    server_->Get("/", [](const httplib::Request&, httplib::Response& res) {
+        res.set_content("imdstrace: metrics at /metrics\n", "text/plain");
+    });
+    std::string host = ep->addr.str();
+    if (ep->port == 0) {
+        port_ = server_->bind_to_any_port(host);
+    } else {
+        port_ = server_->bind_to_port(host, ep->port) ? ep->port : -1;
+    }
+    if (port_ <= 0) throw std::runtime_error("--metrics: cannot listen on " + listen + " (address in use or not local)");
+    thread_ = std::thread([this] { server_->listen_after_bind(); });
+}
+
+MetricsServer::~MetricsServer() {
+    server_->stop();
+    if (thread_.joinable()) thread_.join();
+}
+
+}  // namespace imdstrace

@@ -1,0 +1,67 @@
+// Prometheus metrics (names are a contract: ../shared/DESIGN.md), served
+// over HTTP by cpp-httplib.  Label cardinality is bounded: a pod whose
+// series have not moved for `pod_ttl` ages out of the exposition.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "verdict/record.hpp"
+
+namespace httplib {
+class Server;
+}
+
+namespace imdstrace {
+
+class Metrics {
+public:
+    explicit Metrics(std::chrono::milliseconds pod_ttl = std::chrono::minutes(10)) : pod_ttl_(pod_ttl) {}
+
+    void record(const TransactionRecord& r, std::int64_t now_ms);
+    void set_events_lost(std::uint64_t lost);
+    // Prometheus text exposition format 0.0.4.
+    std::string render(std::int64_t now_ms);
+    std::size_t pod_series() const;
+
+private:
+    struct PodSeries {
+        std::string ns, pod;
+        std::map<std::string, std::uint64_t> transactions;  // verdict -> count
+        std::map<std::string, std::uint64_t> drops;         // reason -> count
+        std::optional<int> required_hop_limit;
+        std::int64_t last_ms = 0;
+    };
+    void age_out(std::int64_t now_ms);
+
+    mutable std::mutex mu_;
+    std::chrono::milliseconds pod_ttl_;
+    std::map<std::string, PodSeries> pods_;
+    static constexpr int kTtlBuckets[] = {1, 2, 3, 4, 8, 16, 32, 64, 128, 255};
+    std::uint64_t ttl_bucket_counts_[10] = {};
+    std::uint64_t ttl_count_ = 0;
+    std::uint64_t ttl_sum_ = 0;
+    std::optional<int> node_hop_limit_;
+    std::uint64_t events_lost_ = 0;
+};
+
+class MetricsServer {
+public:
+    // ADDR:PORT (e.g. 0.0.0.0:9655, [::]:9655, 127.0.0.1:0).  Throws with a
+    // clear message when the address cannot be bound.
+    MetricsServer(Metrics& metrics, const std::string& listen);
+    ~MetricsServer();
+    int port() const { return port_; }
+
+private:
+    std::unique_ptr<httplib::Server> server_;
+    std::thread thread_;
+    int port_ = 0;
+};
+
+}  // namespace imdstrace

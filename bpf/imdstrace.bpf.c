@@ -235,6 +235,10 @@ static __attribute__((noinline)) int observe_target(struct __sk_buff *skb, __u32
 	if (l3.proto == IPPROTO_TCP) {
 		if (pkt_load(&src, l3.l4_off, &th, sizeof(th)))
 			return 0;
+		/* A data offset below the fixed header is not TCP any stack
+		 * accepts; the payload offset derived from it would be bogus. */
+		if (th.doff < 5)
+			return 0;
 		if (!port_matches(l3.family, idx, from_target ? th.source : th.dest))
 			return 0;
 		dir = from_target ? IMDS_DIR_FROM_TARGET : IMDS_DIR_TO_TARGET;
@@ -281,10 +285,8 @@ static __attribute__((noinline)) int observe_target(struct __sk_buff *skb, __u32
 	avail = skb->len;
 	avail = avail > (__u64)l3_off + payload_off ? avail - l3_off - payload_off : 0;
 	n = payload_len;
-	if (n > IMDS_PAYLOAD_MAX) {
+	if (n > IMDS_PAYLOAD_MAX)
 		n = IMDS_PAYLOAD_MAX;
-		e->flags |= IMDS_F_TRUNCATED;
-	}
 	if (n > avail)
 		n = avail;
 	if (n > 0) {
@@ -298,6 +300,9 @@ static __attribute__((noinline)) int observe_target(struct __sk_buff *skb, __u32
 		if (bpf_skb_load_bytes(skb, l3_off + payload_off, e->payload, n) == 0)
 			e->copied = n;
 	}
+	/* Longer than the copy, or the skb holds less than the IP length says. */
+	if (e->copied < payload_len)
+		e->flags |= IMDS_F_TRUNCATED;
 	submit(e, hook);
 	return 0;
 }

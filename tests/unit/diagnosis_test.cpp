@@ -1,0 +1,267 @@
+// DiagnosisBuilder: from judged transactions to per-pod verdicts, node facts,
+// findings and the fix.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "verdict/diagnosis.hpp"
+
+using namespace imdstrace;
+
+namespace {
+
+PodInfo pod(std::string ns, std::string name) {
+    PodInfo p;
+    p.namespace_ = std::move(ns);
+    p.name = std::move(name);
+    p.uid = "uid-" + p.name;
+    return p;
+}
+
+HttpRequest req(std::string method, std::string path, bool token = false) {
+    HttpRequest r;
+    r.method = std::move(method);
+    r.path = std::move(path);
+    r.token = token;
+    r.token_ttl = r.method == "PUT";
+    return r;
+}
+
+TransactionRecord rec(std::optional<PodInfo> p, const char* client, Verdict v, HttpRequest r) {
+    TransactionRecord t;
+    t.pod = std::move(p);
+    t.client = *Endpoint::parse(client, 0);
+    t.server = *Endpoint::parse("169.254.169.254:80", 0);
+    t.request = std::move(r);
+    t.verdict = v;
+    t.evidence = std::string(to_string(v)) + " evidence";
+    return t;
+}
+
+// A token PUT that ran out of hops: response TTL 1 at the node, pod `hops` away.
+TransactionRecord hop_failure(std::optional<PodInfo> p, const char* client, int hops = 1, int ttl = 1) {
+    auto t = rec(std::move(p), client, Verdict::hop_limit_exceeded, req("PUT", "/latest/api/token"));
+    t.ttl_at_node = ttl;
+    t.hops = hops;
+    t.required_hop_limit = hops + 1;
+    t.drops.push_back(DropRecord{"IP_INHDR", "ip_forward", 1, true, 3});
+    t.icmp_time_exceeded = 2;
+    t.retransmits = 2;
+    return t;
+}
+
+TransactionRecord ok_get(std::optional<PodInfo> p, const char* client, bool token, int ttl = 64, int hops = 1) {
+    auto t = rec(std::move(p), client, Verdict::ok, req("GET", "/latest/meta-data/mac", token));
+    t.status = 200;
+    t.ttl_at_node = ttl;
+    t.hops = hops;
+    t.required_hop_limit = hops + 1;
+    return t;
+}
+
+const PodSummary* find_pod(const Diagnosis& d, const std::string& subject) {
+    for (const auto& p : d.pods)
+        if (p.subject == subject) return &p;
+    return nullptr;
+}
+
+TEST(Diagnosis, HopLimitPerPodWithImdsV1Fallback) {
+    DiagnosisBuilder b;
+    auto alb = pod("kube-system", "aws-load-balancer-controller-6b7f9c");
+    for (int i = 0; i < 3; ++i) b.add(hop_failure(alb, ("198.18.1.5:4312" + std::to_string(i)).c_str()));
+    b.add(ok_get(alb, "198.18.1.5:43200", false));  // IMDSv1 still answers (default TTL)
+    auto app = pod("default", "app");
+    b.add(ok_get(app, "198.18.1.9:5000", true));
+    auto host = rec(std::nullopt, "198.18.0.2:50000", Verdict::ok, req("PUT", "/latest/api/token"));
+    host.cgroup = "/system.slice/kubelet.service";
+    host.status = 200;
+    host.ttl_at_node = 1;
+    host.hops = 0;
+    host.required_hop_limit = 1;
+    b.add(host);
+
+    auto d = b.build(30, {"169.254.169.254:80"});
+    EXPECT_EQ(d.window_s, 30);
+    EXPECT_EQ(d.transactions, 6);
+    EXPECT_EQ(d.targets, std::vector<std::string>{"169.254.169.254:80"});
+    ASSERT_TRUE(d.hop_limit_observed);
+    EXPECT_EQ(*d.hop_limit_observed, 1);
+    ASSERT_EQ(d.pods.size(), 3u);
+
+    // Worst first.
+    const auto& p = d.pods.front();
+    EXPECT_EQ(p.subject, "kube-system/aws-load-balancer-controller-6b7f9c");
+    ASSERT_TRUE(p.pod);
+    EXPECT_EQ(p.pod->name, "aws-load-balancer-controller-6b7f9c");
+    EXPECT_EQ(p.verdict, Verdict::hop_limit_exceeded);
+    EXPECT_EQ(p.transactions, 4);
+    EXPECT_EQ(p.verdicts.at(Verdict::hop_limit_exceeded), 3);
+    EXPECT_EQ(p.verdicts.at(Verdict::ok), 1);
+    EXPECT_EQ(p.hops, 1);
+    EXPECT_EQ(p.required_hop_limit, 2);
+    EXPECT_EQ(p.ips, std::set<std::string>{"198.18.1.5"});
+
+    auto* h = find_pod(d, "cgroup:/system.slice/kubelet.service");
+    ASSERT_NE(h, nullptr);
+    EXPECT_FALSE(h->pod);
+    EXPECT_EQ(h->cgroup, "/system.slice/kubelet.service");
+    EXPECT_EQ(h->verdict, Verdict::ok);
+    EXPECT_EQ(h->hops, 0);
+    ASSERT_NE(find_pod(d, "default/app"), nullptr);
+    EXPECT_EQ(find_pod(d, "default/app")->verdict, Verdict::ok);
+
+    ASSERT_EQ(d.findings.size(), 1u);
+    const auto& f = d.findings[0];
+    EXPECT_EQ(f.verdict, Verdict::hop_limit_exceeded);
+    EXPECT_EQ(f.pods, std::vector<std::string>{"kube-system/aws-load-balancer-controller-6b7f9c"});
+    EXPECT_NE(f.evidence.find("3 transactions"), std::string::npos) << f.evidence;
+    EXPECT_NE(f.evidence.find("TTL 1"), std::string::npos) << f.evidence;
+    EXPECT_NE(f.evidence.find("hop limit 2"), std::string::npos) << f.evidence;
+    EXPECT_NE(f.evidence.find("9 drops reason IP_INHDR at ip_forward (TTL 1)"), std::string::npos) << f.evidence;
+    EXPECT_NE(f.evidence.find("6 ICMP time exceeded"), std::string::npos) << f.evidence;
+    EXPECT_NE(f.evidence.find("IMDSv1"), std::string::npos) << f.evidence;
+    EXPECT_NE(f.fix.find("httpPutResponseHopLimit: 2"), std::string::npos) << f.fix;
+    EXPECT_NE(f.fix.find("--http-put-response-hop-limit 2"), std::string::npos) << f.fix;
+    EXPECT_NE(f.fix.find("HttpPutResponseHopLimit = 2"), std::string::npos) << f.fix;
+    EXPECT_TRUE(d.failing());
+}
+
+TEST(Diagnosis, NestedPodNeedsThree) {
+    DiagnosisBuilder b;
+    b.add(hop_failure(pod("ci", "dind-runner"), "198.18.2.7:40000", 2, 2));
+    auto d = b.build(10, {});
+    ASSERT_EQ(d.findings.size(), 1u);
+    EXPECT_EQ(d.hop_limit_observed, 2);
+    EXPECT_EQ(d.pods[0].required_hop_limit, 3);
+    EXPECT_NE(d.findings[0].fix.find("httpPutResponseHopLimit: 3"), std::string::npos) << d.findings[0].fix;
+    EXPECT_EQ(d.findings[0].evidence.find("IMDSv1"), std::string::npos) << d.findings[0].evidence;
+}
+
+TEST(Diagnosis, HopLimitObservedFromTokenResponsesOnly) {
+    DiagnosisBuilder b;
+    auto p = pod("default", "app");
+    auto token = ok_get(p, "198.18.1.9:5000", false, 2);
+    token.request = req("PUT", "/latest/api/token");
+    b.add(token);
+    b.add(ok_get(p, "198.18.1.9:5001", true, 1));  // a GET answered with a lower TTL
+    auto d = b.build(1, {});
+    ASSERT_TRUE(d.hop_limit_observed);
+    EXPECT_EQ(*d.hop_limit_observed, 2);
+
+    DiagnosisBuilder none;
+    none.add(ok_get(p, "198.18.1.9:5001", true, 1));
+    EXPECT_FALSE(none.build(1, {}).hop_limit_observed);
+}
+
+TEST(Diagnosis, WorstVerdictPerPodAndOneFindingPerVerdict) {
+    DiagnosisBuilder b;
+    auto p = pod("default", "legacy");
+    auto q = pod("default", "other");
+    auto nf = rec(p, "198.18.1.20:1", Verdict::not_found, req("GET", "/latest/meta-data/iam/info", true));
+    nf.status = 404;
+    b.add(nf);
+    auto v1 = rec(p, "198.18.1.20:2", Verdict::token_required, req("GET", "/latest/meta-data/mac"));
+    v1.status = 401;
+    b.add(v1);
+    b.add(rec(q, "198.18.1.21:2", Verdict::token_required, req("GET", "/latest/meta-data/mac")));
+    auto d = b.build(1, {});
+    ASSERT_EQ(d.pods.size(), 2u);
+    EXPECT_EQ(find_pod(d, "default/legacy")->verdict, Verdict::token_required);
+    ASSERT_EQ(d.findings.size(), 2u);
+    EXPECT_EQ(d.findings[0].verdict, Verdict::token_required) << "worst first";
+    EXPECT_EQ(d.findings[0].pods, (std::vector<std::string>{"default/legacy", "default/other"}));
+    EXPECT_NE(d.findings[0].fix.find("IMDSv2"), std::string::npos);
+    EXPECT_NE(d.findings[0].evidence.find("2 transactions"), std::string::npos);
+    EXPECT_EQ(d.findings[1].verdict, Verdict::not_found);
+    EXPECT_TRUE(d.failing());
+}
+
+TEST(Diagnosis, HealthyHasNoFindings) {
+    DiagnosisBuilder b;
+    b.add(ok_get(pod("default", "app"), "198.18.1.9:5000", true));
+    b.add(ok_get(pod("default", "app"), "198.18.1.9:5001", true));
+    auto d = b.build(30, {"169.254.169.254:80"});
+    EXPECT_TRUE(d.findings.empty());
+    EXPECT_FALSE(d.failing());
+    ASSERT_EQ(d.pods.size(), 1u);
+    EXPECT_EQ(d.pods[0].transactions, 2);
+    EXPECT_EQ(d.pods[0].verdict, Verdict::ok);
+
+    Diagnosis empty = DiagnosisBuilder{}.build(5, {});
+    EXPECT_FALSE(empty.failing());
+    EXPECT_TRUE(empty.pods.empty());
+    EXPECT_EQ(empty.transactions, 0);
+}
+
+TEST(Diagnosis, NotFoundIsNotFailing) {
+    DiagnosisBuilder b;
+    auto nf = rec(pod("default", "app"), "198.18.1.9:5000", Verdict::not_found,
+                  req("GET", "/latest/meta-data/iam/security-credentials/", true));
+    nf.status = 404;
+    b.add(nf);
+    auto d = b.build(1, {});
+    ASSERT_EQ(d.findings.size(), 1u);
+    EXPECT_EQ(d.findings[0].verdict, Verdict::not_found);
+    EXPECT_FALSE(d.failing());
+}
+
+TEST(Diagnosis, ExactHopsBeatInferred) {
+    DiagnosisBuilder b;
+    auto p = pod("default", "app");
+    auto inferred = ok_get(p, "198.18.1.9:5000", true, 64, 3);
+    inferred.hops_inferred = true;
+    b.add(inferred);  // first, and larger
+    b.add(ok_get(p, "198.18.1.9:5001", true, 64, 1));
+    auto later = ok_get(p, "198.18.1.9:5002", true, 64, 5);
+    later.hops_inferred = true;
+    b.add(later);  // after an exact figure: ignored
+    auto d = b.build(1, {});
+    ASSERT_EQ(d.pods.size(), 1u);
+    EXPECT_EQ(d.pods[0].hops, 1);
+    EXPECT_EQ(d.pods[0].required_hop_limit, 2);
+
+    DiagnosisBuilder only_inferred;
+    only_inferred.add(inferred);
+    only_inferred.add(later);
+    EXPECT_EQ(only_inferred.build(1, {}).pods[0].hops, 5);
+}
+
+TEST(Diagnosis, GenericFindingsCarryTheirFix) {
+    struct Case {
+        Verdict v;
+        const char* in_fix;
+    } cases[] = {
+        {Verdict::token_invalid, "fetch a new token"},
+        {Verdict::forbidden, "X-Forwarded-For"},
+        {Verdict::bad_request, "ttl-seconds"},
+        {Verdict::blocked, "nf_hook_slow"},
+        {Verdict::no_route, "ip route get"},
+        {Verdict::refused, "reset"},
+        {Verdict::no_response, "throttles"},
+        {Verdict::dropped, "nf_hook_slow"},
+    };
+    for (const auto& c : cases) {
+        DiagnosisBuilder b;
+        auto r = rec(pod("default", "app"), "198.18.1.9:5000", c.v, req("GET", "/latest/meta-data/mac", true));
+        r.drops.push_back(DropRecord{"NETFILTER_DROP", "nf_hook_slow", 63, false, 4});
+        b.add(r);
+        auto d = b.build(1, {});
+        ASSERT_EQ(d.findings.size(), 1u) << to_string(c.v);
+        EXPECT_EQ(d.findings[0].verdict, c.v);
+        EXPECT_NE(d.findings[0].fix.find(c.in_fix), std::string::npos) << to_string(c.v) << ": " << d.findings[0].fix;
+        EXPECT_NE(d.findings[0].evidence.find("4 drops reason NETFILTER_DROP"), std::string::npos)
+            << d.findings[0].evidence;
+        EXPECT_TRUE(d.failing());
+    }
+}
+
+TEST(Diagnosis, SubjectFallsBackToCgroupThenClient) {
+    auto r = rec(std::nullopt, "198.18.0.2:1", Verdict::ok, req("GET", "/"));
+    EXPECT_EQ(r.subject(), "client:198.18.0.2");
+    r.cgroup = "/system.slice/x.service";
+    EXPECT_EQ(r.subject(), "cgroup:/system.slice/x.service");
+    r.pod = pod("a", "b");
+    EXPECT_EQ(r.subject(), "a/b");
+}
+
+}  // namespace

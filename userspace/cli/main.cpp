@@ -10,6 +10,7 @@
 #include <iostream>
 
 #include "cli/check.hpp"
+#include "cli/probe.hpp"
 #include "cli/session.hpp"
 #include "sinks/json.hpp"
 #include "sinks/text.hpp"
@@ -200,6 +201,17 @@ int main(int argc, char** argv) {
     report->add_option("file", report_file, "JSONL written by --events")->required();
     report->add_option("--target", args.targets, "Targets the recording was made with (default: the IMDS addresses)");
 
+    ProbeArgs probe_args;
+    auto* probe = app.add_subcommand("probe", "Make a real IMDSv2 request from inside a pod/netns while tracing it");
+    add_common(probe, args, true);
+    probe->add_option("--pod", probe_args.pod, "NAMESPACE/NAME of the pod to probe from (needs --pods)");
+    probe->add_option("--netns", probe_args.netns, "Network namespace file to probe from (/run/netns/X, /proc/PID/ns/net)");
+    probe->add_option("--pid", probe_args.pid, "Probe from this process's network namespace and cgroup");
+    probe->add_flag("--host", probe_args.host, "Probe from imdstrace's own network namespace");
+    probe->add_option("--attempts", probe_args.attempts, "Token attempts, like the SDKs (default 3)");
+    probe->add_option("--timeout-ms", probe_args.timeout_ms, "Per-request timeout (default 1000, aws-sdk-go-v2's)");
+    probe->add_flag("--no-fallback", probe_args.no_fallback, "Do not fall back to IMDSv1 GETs without a token");
+
     auto* check = app.add_subcommand("check", "Preflight: kernel, BTF, privileges, cgroup v2, attach points");
     add_common(check, args, true);
 
@@ -218,6 +230,7 @@ int main(int argc, char** argv) {
     try {
         if (*diagnose) return run_diagnose(args);
         if (*report) return run_report(report_file, args);
+        if (*probe) return run_probe(probe_args, session_options(args, std::nullopt), args.output, g_stop);
         if (*check) return run_check(session_options(args, std::nullopt), args.output);
         return run_watch(args);
     } catch (const UsageError& e) {

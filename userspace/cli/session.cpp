@@ -102,10 +102,24 @@ void Session::start() {
         } catch (const std::exception& e) {
             throw UsageError(std::string("--pods: ") + e.what());
         }
-    } else if (pods == "none" || pods == "auto") {
+    } else if (pods == "none") {
         impl.pods = make_null_resolver();
-    } else if (pods == "k8s-node" || pods == "k8s-api") {
-        throw UsageError("--pods " + pods + " is not available in this version; use static:FILE or none");
+    } else if (pods == "k8s-node" || pods == "k8s-api" || pods == "auto") {
+        PodResolverSettings ps;
+        ps.host_root = opts_.host_root;
+        ps.kubeconfig = opts_.kubeconfig;
+        // The cgroup paths handed to the resolver are relative to this mount
+        // (the same one CgroupPaths uses below); with a --host-root that has
+        // no cgroup2 mount of its own (test trees), the one we see.
+        auto m = find_cgroup2_mount(opts_.host_root);
+        if (!m) m = find_cgroup2_mount("/");
+        ps.cgroup_mount = m.value_or((opts_.host_root == "/" ? "" : opts_.host_root) + "/sys/fs/cgroup");
+        try {
+            impl.pods = make_k8s_resolver(pods, ps);
+        } catch (const std::exception& e) {
+            throw UsageError("--pods " + pods + ": " + e.what());
+        }
+        spdlog::info("pods: {}", impl.pods->describe());
     } else {
         throw UsageError("--pods must be auto, k8s-node, k8s-api, static:FILE or none (got \"" + pods + "\")");
     }

@@ -24,6 +24,7 @@ struct SessionOptions {
     std::string cgroup;               // "" = cgroup2 mount root; "none" = no socket hooks
     std::string pods = "auto";
     std::string host_root = "/";
+    std::string kubeconfig;           // --kubeconfig for --pods k8s-api/auto ("" = in-cluster, $KUBECONFIG)
     std::string events_file;          // JSONL, appended and flushed per record
     std::string ready_file;           // written once attached (tests, scripts)
     std::string pcap_file;            // pcapng evidence of every observed packet

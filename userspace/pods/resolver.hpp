@@ -48,6 +48,10 @@ public:
     virtual std::optional<PodInfo> by_cgroup(const std::string& cgroup_path) = 0;
     virtual std::optional<PodInfo> by_ip(const IpAddr& addr) = 0;
     virtual std::string describe() const = 0;
+    // For `probe --pod NS/NAME`; resolvers that cannot list pods say nullopt.
+    virtual std::optional<PodInfo> by_name(const std::string& /*ns*/, const std::string& /*name*/) {
+        return std::nullopt;
+    }
 };
 
 // --pods static:FILE (format: ../shared/DESIGN.md).  Throws std::runtime_error
@@ -56,5 +60,20 @@ std::unique_ptr<PodResolver> make_static_resolver(const std::string& file);
 std::unique_ptr<PodResolver> make_null_resolver();
 // Parse the static mapping from JSON text (for tests).
 std::vector<PodInfo> parse_pod_mapping(const std::string& json_text, const std::string& origin);
+
+// --pods k8s-node | k8s-api | auto (pods/k8s.hpp has the details).
+struct PodResolverSettings {
+    std::string host_root = "/";  // where /var/log/pods is
+    std::string cgroup_mount;     // absolute cgroup2 mount the cgroup paths are relative to; "" = <host_root>/sys/fs/cgroup
+    std::string kubeconfig;       // --kubeconfig; "" = in-cluster, else $KUBECONFIG (k8s-api only)
+    std::string node_name;        // "" = $NODE_NAME, else the hostname
+};
+// k8s-node: from the node alone.  k8s-api: the API server (in-cluster or
+// kubeconfig), falling back to k8s-node with one warning when it is missing,
+// unreachable, refuses or hangs (3 s).  auto: k8s-api in a cluster (or with
+// an explicit kubeconfig), else k8s-node where a kubepods cgroup tree
+// exists, else none.  Throws std::runtime_error for a kubeconfig the user
+// named that cannot be used.
+std::unique_ptr<PodResolver> make_k8s_resolver(const std::string& mode, const PodResolverSettings& settings);
 
 }  // namespace imdstrace

@@ -117,6 +117,7 @@ int severity(Verdict v) {
 
 bool endpoint_bookkeeping(const DropRecord& d) {
     return d.reason.starts_with("TCP_") || d.reason == "NO_SOCKET" || d.reason == "SOCKET_CLOSE" ||
+           d.reason == "QUEUE_PURGE" ||
            (d.reason.empty() && d.location.starts_with("tcp_"));
 }
 

@@ -6,6 +6,7 @@
 #   lifecycle.sh sigkill   kill -9: tcx links vanish; a stale tc filter is removed by the next run
 #   lifecycle.sh foreign   a clsact qdisc and filter that were there before survive untouched
 #   lifecycle.sh usage     bad --target, --pods, --iface, --cgroup
+#   lifecycle.sh concurrent two tracers on one uplink (netlink tc) leave each other alone
 source "$(dirname "$0")/lib.sh"
 require_root
 
@@ -78,6 +79,32 @@ scenario_foreign() {
     in_node tc qdisc del dev "$NODE_IFACE" clsact
 }
 
+scenario_concurrent() {
+    testbed_up 1
+    # Two tracers on one uplink with netlink tc (a DaemonSet and an on-call
+    # engineer's diagnose on a 6.1 node): neither may take the other's filter.
+    # shellcheck disable=SC2046
+    tracer_start "$WORK/first.out" $(watch_args) --no-tcx -o json
+    local first=$TRACER_PID
+    TRACER_PID=""
+    # shellcheck disable=SC2046
+    tracer_start "$WORK/second.out" $(watch_args) --no-tcx -o json --duration 4
+    expect_eq "both filters are attached" "$(in_node tc filter show dev "$NODE_IFACE" ingress | grep -c uplink_ingress)" "2"
+    host_client --attempts 1
+    tracer_wait
+    expect_no_grep "the second run did not remove the first one's filter" "$WORK/second.out.err" "removed a stale"
+    expect_eq "after the second exits, the first one's filter is still there" \
+        "$(in_node tc filter show dev "$NODE_IFACE" ingress | grep -c uplink_ingress)" "1"
+    expect_grep "the second saw the host's transactions" "$WORK/second.out" '"verdict":"OK"'
+    host_client --attempts 1
+    sleep 1
+    TRACER_PID=$first
+    kill -TERM "$first"
+    tracer_wait
+    expect_eq "the first one kept tracing after the second left" "$(grep -c '"verdict":"OK"' "$WORK/first.out")" "6"
+    expect_clean "after both exited"
+}
+
 # run_usage DESCRIPTION EXPECTED-RC MESSAGE-REGEX imdstrace-args...
 run_usage() {
     local desc=$1 want=$2 msg=$3; shift 3
@@ -112,6 +139,7 @@ signals) scenario_signals ;;
 sigkill) scenario_sigkill ;;
 foreign) scenario_foreign ;;
 usage) scenario_usage ;;
+concurrent) scenario_concurrent ;;
 *) echo "usage: $0 signals|sigkill|foreign|usage" >&2; exit 2 ;;
 esac
 finish

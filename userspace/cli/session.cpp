@@ -212,16 +212,6 @@ void Session::start() {
             throw UsageError(std::string("--pcap: ") + e.what());
         }
     }
-    if (!opts_.metrics_listen.empty()) {
-        impl.metrics = std::make_unique<Metrics>();
-        try {
-            impl.metrics_server = std::make_unique<MetricsServer>(*impl.metrics, opts_.metrics_listen);
-        } catch (const std::invalid_argument& e) {
-            throw UsageError(e.what());
-        }
-        spdlog::info("metrics on http://{}/metrics", opts_.metrics_listen);
-    }
-
     TracerConfig tc;
     tc.targets = opts_.targets;
     tc.uplinks = impl.uplinks;
@@ -239,6 +229,19 @@ void Session::start() {
         impl_->correlator->observe(*o);
     });
     for (const auto& line : impl.tracer->attach_summary()) spdlog::debug("{}", line);
+    // Serve metrics only once tracing: a scrape (or readiness probe) that
+    // answers means the hooks are attached.
+    if (!opts_.metrics_listen.empty()) {
+        impl.metrics = std::make_unique<Metrics>();
+        try {
+            impl.metrics_server = std::make_unique<MetricsServer>(*impl.metrics, opts_.metrics_listen);
+        } catch (const std::invalid_argument& e) {
+            throw UsageError(e.what());
+        }
+        spdlog::info("metrics on http://{}/metrics", opts_.metrics_listen);
+    }
+
+
     if (!opts_.ready_file.empty()) std::ofstream(opts_.ready_file) << "ready\n";
 }
 

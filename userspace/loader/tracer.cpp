@@ -6,7 +6,11 @@
 #include <fcntl.h>
 #include <linux/magic.h>
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
 #include <sys/statfs.h>
+#include <sys/un.h>
+#include <fmt/format.h>
+#include <random>
 #include <sys/utsname.h>
 #include <arpa/inet.h>
 #include <unistd.h>
@@ -24,10 +28,33 @@ namespace {
 
 std::string errstr(int err) { return std::strerror(err < 0 ? -err : err); }
 
-// Our legacy tc filters carry this handle and priority, so a later run can
-// recognise (and remove) one left by a run that was killed with SIGKILL.
-constexpr std::uint32_t kTcHandle = 0x1d5;
+// Legacy tc filters: every imdstrace run uses priority 0x1d5 and its own
+// handle 0x01d5XXXX, and holds an abstract unix socket named after that
+// handle for as long as it lives.  Abstract sockets belong to the network
+// namespace and vanish with their process, even on SIGKILL: a filter of ours
+// whose socket name can be bound again was left by a dead run (stale, and
+// removed), one whose name is taken belongs to a live tracer (a DaemonSet
+// beside a `kubectl exec imdstrace diagnose`) and is left alone.
 constexpr std::uint32_t kTcPriority = 0x1d5;
+constexpr std::uint32_t kTcHandleTag = 0x1d5;
+
+bool our_handle(std::uint32_t handle) { return (handle >> 16) == kTcHandleTag; }
+
+// Bind the liveness name of `handle`; -1 when someone alive holds it.
+int bind_liveness(std::uint32_t handle) {
+    int fd = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    auto name = fmt::format("imdstrace-tc-{:08x}", handle);
+    std::memcpy(a.sun_path + 1, name.data(), name.size());  // sun_path[0] = 0: abstract
+    socklen_t len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&a), len) != 0) {
+        ::close(fd);
+        return -1;
+    }
+    return fd;
+}
 
 struct SkelDeleter {
     void operator()(imdstrace_bpf* s) const { imdstrace_bpf__destroy(s); }
@@ -70,8 +97,9 @@ int tracepoint_args(const btf* b, const char* typedef_name) {
 // filter in a clsact qdisc (older kernels: removed by the destructor).
 class UplinkHook {
 public:
-    UplinkHook(const Interface& iface, bool ingress, int prog_fd, const KernelFeatures& kf, bool prefer_tcx)
-        : iface_(iface), ingress_(ingress) {
+    UplinkHook(const Interface& iface, bool ingress, int prog_fd, const KernelFeatures& kf, bool prefer_tcx,
+               std::uint32_t handle)
+        : iface_(iface), ingress_(ingress), handle_(handle) {
         if (prefer_tcx && kf.tcx) {
             int type = ingress ? kf.tcx_ingress : kf.tcx_egress;
             int fd = bpf_link_create(prog_fd, iface.ifindex, static_cast<bpf_attach_type>(type), nullptr);
@@ -91,7 +119,7 @@ public:
         bpf_tc_hook hook = make_hook();
         bpf_tc_opts opts{};
         opts.sz = sizeof(opts);
-        opts.handle = kTcHandle;
+        opts.handle = handle_;
         opts.priority = kTcPriority;
         if (int err = bpf_tc_detach(&hook, &opts); err && err != -ENOENT && err != -ENODEV)
             spdlog::warn("could not remove the tc filter on {}: {}", iface_.name, errstr(err));
@@ -132,7 +160,7 @@ private:
         bpf_tc_opts opts{};
         opts.sz = sizeof(opts);
         opts.prog_fd = prog_fd;
-        opts.handle = kTcHandle;
+        opts.handle = handle_;
         opts.priority = kTcPriority;
         err = bpf_tc_attach(&hook, &opts);
         if (err) {
@@ -145,34 +173,35 @@ private:
         }
     }
 
-    // A filter with our handle/priority running one of our programs was left
-    // by a run that could not clean up (SIGKILL): remove it before attaching.
+    // Filters of earlier imdstrace runs that died without cleaning up
+    // (SIGKILL): ours by priority and handle tag, dead by their free
+    // liveness name.  Removed before attaching.
     void remove_stale(const bpf_tc_hook& hook) {
-        bpf_tc_opts q{};
-        q.sz = sizeof(q);
-        q.handle = kTcHandle;
-        q.priority = kTcPriority;
-        if (bpf_tc_query(&hook, &q) != 0) return;
-        int fd = bpf_prog_get_fd_by_id(q.prog_id);
-        if (fd < 0) return;
-        bpf_prog_info info{};
-        std::uint32_t len = sizeof(info);
-        bool ours = bpf_obj_get_info_by_fd(fd, &info, &len) == 0 &&
-                    (std::strcmp(info.name, "uplink_ingress") == 0 || std::strcmp(info.name, "uplink_egress") == 0);
-        ::close(fd);
-        if (!ours) return;
-        bpf_tc_opts d{};
-        d.sz = sizeof(d);
-        d.handle = kTcHandle;
-        d.priority = kTcPriority;
-        if (bpf_tc_detach(&hook, &d) == 0) {
-            spdlog::warn("removed a stale imdstrace tc filter on {} left by an earlier run", iface_.name);
-            created_qdisc_ = true;  // that run's qdisc: ours to remove once empty
+        auto filters = tc_filters(iface_.ifindex, ingress_);
+        if (!filters) return;
+        for (const auto& f : *filters) {
+            if (f.priority != kTcPriority || f.kind != "bpf" || !our_handle(f.handle) || f.handle == handle_) continue;
+            int probe = bind_liveness(f.handle);
+            if (probe < 0) {
+                spdlog::info("another imdstrace is tracing {} (tc handle {:#x}): leaving its filter alone",
+                             iface_.name, f.handle);
+                continue;
+            }
+            bpf_tc_opts d{};
+            d.sz = sizeof(d);
+            d.handle = f.handle;
+            d.priority = kTcPriority;
+            if (bpf_tc_detach(&hook, &d) == 0) {
+                spdlog::warn("removed a stale imdstrace tc filter on {} left by an earlier run", iface_.name);
+                created_qdisc_ = true;  // that run's qdisc: ours to remove once empty
+            }
+            ::close(probe);
         }
     }
 
     Interface iface_;
     bool ingress_;
+    std::uint32_t handle_;
     int tcx_fd_ = -1;
     bool created_qdisc_ = false;
 };
@@ -242,6 +271,7 @@ struct Tracer::Impl {
     EventHandler on_event;
     std::vector<std::string> summary;
     int cgroup_fd = -1;
+    int liveness_fd = -1;  // held for the life of the legacy tc filters
 
     ~Impl() {
         // Detach before the programs and maps go away.
@@ -249,6 +279,7 @@ struct Tracer::Impl {
         while (!uplink_hooks.empty()) uplink_hooks.pop_back();  // reverse order of attach
         links.clear();
         if (cgroup_fd >= 0) ::close(cgroup_fd);
+        if (liveness_fd >= 0) ::close(liveness_fd);
     }
 
     static int on_sample(void* ctx, void* data, size_t size) {
@@ -343,11 +374,20 @@ std::unique_ptr<Tracer> Tracer::start(const TracerConfig& config, const KernelFe
         impl.summary.push_back("sockets: cgroup_skb ingress+egress on " + config.cgroup_dir);
     }
 
+    std::uint32_t handle = 0;
+    if (!config.uplinks.empty()) {  // also for tcx: a failed tcx attach falls back to tc
+        std::random_device rd;
+        for (int i = 0; i < 64 && impl.liveness_fd < 0; ++i) {
+            handle = (kTcHandleTag << 16) | (1 + rd() % 0xfffe);
+            impl.liveness_fd = bind_liveness(handle);
+        }
+        if (impl.liveness_fd < 0) throw std::runtime_error("cannot reserve a tc filter handle (abstract unix socket)");
+    }
     for (const auto& up : config.uplinks) {
         auto in = std::make_unique<UplinkHook>(up, true, bpf_program__fd(impl.skel->progs.uplink_ingress), kf,
-                                               config.prefer_tcx);
+                                               config.prefer_tcx, handle);
         auto out = std::make_unique<UplinkHook>(up, false, bpf_program__fd(impl.skel->progs.uplink_egress), kf,
-                                                config.prefer_tcx);
+                                                config.prefer_tcx, handle);
         impl.summary.push_back("uplink " + up.name + ": " + in->mode() + " ingress+egress");
         // Both directions share one clsact qdisc; the ingress hook created it
         // (if anyone did) and, destroyed last, removes it.

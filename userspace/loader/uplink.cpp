@@ -79,9 +79,9 @@ std::optional<Interface> route_interface(const IpAddr& dst, std::string* error) 
 
 namespace imdstrace {
 
-int tc_filter_count(int ifindex, bool ingress) {
+std::optional<std::vector<TcFilter>> tc_filters(int ifindex, bool ingress) {
     int fd = ::socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
-    if (fd < 0) return -1;
+    if (fd < 0) return std::nullopt;
     struct {
         nlmsghdr nh;
         tcmsg tc;
@@ -97,31 +97,43 @@ int tc_filter_count(int ifindex, bool ingress) {
     kernel.nl_family = AF_NETLINK;
     if (::sendto(fd, &req, req.nh.nlmsg_len, 0, reinterpret_cast<sockaddr*>(&kernel), sizeof(kernel)) < 0) {
         ::close(fd);
-        return -1;
+        return std::nullopt;
     }
-    int count = 0;
+    std::vector<TcFilter> out;
     char buf[16384];
     for (;;) {
         ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
-        if (n <= 0) {
-            count = -1;
-            break;
-        }
+        if (n <= 0) break;
         for (auto* nh = reinterpret_cast<nlmsghdr*>(buf); NLMSG_OK(nh, static_cast<unsigned>(n)); nh = NLMSG_NEXT(nh, n)) {
             if (nh->nlmsg_type == NLMSG_DONE) {
                 ::close(fd);
-                return count;
+                return out;
             }
             if (nh->nlmsg_type == NLMSG_ERROR) {
                 auto* err = static_cast<nlmsgerr*>(NLMSG_DATA(nh));
                 ::close(fd);
-                return err->error == 0 ? count : -1;
+                if (err->error == 0) return out;
+                return std::nullopt;
             }
-            if (nh->nlmsg_type == RTM_NEWTFILTER) ++count;
+            if (nh->nlmsg_type != RTM_NEWTFILTER) continue;
+            auto* tc = static_cast<tcmsg*>(NLMSG_DATA(nh));
+            TcFilter f;
+            f.handle = tc->tcm_handle;
+            f.priority = static_cast<std::uint16_t>(TC_H_MAJ(tc->tcm_info) >> 16);
+            int len = static_cast<int>(nh->nlmsg_len) - NLMSG_LENGTH(sizeof(tcmsg));
+            for (auto* a = reinterpret_cast<rtattr*>(reinterpret_cast<char*>(tc) + NLMSG_ALIGN(sizeof(tcmsg)));
+                 RTA_OK(a, len); a = RTA_NEXT(a, len))
+                if (a->rta_type == TCA_KIND) f.kind = static_cast<const char*>(RTA_DATA(a));
+            out.push_back(std::move(f));
         }
     }
     ::close(fd);
-    return count;
+    return std::nullopt;
+}
+
+int tc_filter_count(int ifindex, bool ingress) {
+    auto f = tc_filters(ifindex, ingress);
+    return f ? static_cast<int>(f->size()) : -1;
 }
 
 }  // namespace imdstrace

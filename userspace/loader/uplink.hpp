@@ -2,6 +2,7 @@
 // metadata endpoints, found by asking the kernel's routing table.
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -26,8 +27,16 @@ std::optional<Interface> interface_by_name(const std::string& name);
 
 namespace imdstrace {
 
-// Number of tc filter entries under the clsact ingress or egress hook of an
-// interface (RTM_GETTFILTER dump); -1 when the kernel cannot be asked.
+struct TcFilter {
+    std::uint32_t handle = 0;
+    std::uint16_t priority = 0;
+    std::string kind;  // "bpf", "u32", ...
+};
+
+// The tc filters under the clsact ingress or egress hook of an interface
+// (RTM_GETTFILTER dump); nullopt when the kernel cannot be asked.
+std::optional<std::vector<TcFilter>> tc_filters(int ifindex, bool ingress);
+// Number of filter entries there; -1 when the kernel cannot be asked.
 int tc_filter_count(int ifindex, bool ingress);
 
 }  // namespace imdstrace

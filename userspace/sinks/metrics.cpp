@@ -43,7 +43,9 @@ void Metrics::record(const TransactionRecord& r, std::int64_t now_ms) {
             if (ttl <= kTtlBuckets[i]) ++ttl_bucket_counts_[i];
         ++ttl_count_;
         ttl_sum_ += static_cast<std::uint64_t>(ttl);
-        if (r.token_request()) node_hop_limit_ = std::min(node_hop_limit_.value_or(255), ttl);
+        // The latest token response, not the lowest ever: after the hop
+        // limit is raised the gauge (and any alert on it) recovers.
+        if (r.token_request()) node_hop_limit_ = ttl;
     }
 }
 

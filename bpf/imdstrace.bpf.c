@@ -9,6 +9,8 @@
  *   tc ingress uplink   arriving from the endpoint  (TTL = hop limit budget)
  *   tp_btf/kfree_skb    freed with a drop reason    (where and why it died)
  *   tp_btf/icmp_send    ICMP error generated        (time exceeded, 6.9+)
+ *   tp_btf/inet_sock_set_state  a socket starts connecting to a target
+ *                       (process context: who it is, pid and comm)
  *
  * Observe only: tc programs return TC_ACT_UNSPEC ("continue with the next
  * program or filter") rather than TC_ACT_OK, which on tcx and in a cls_bpf
@@ -511,5 +513,62 @@ int BPF_PROG(observe_icmp_send, struct sk_buff *skb, int type, int code)
 	e->icmp_type = type;
 	e->icmp_code = code;
 	submit(e, IMDS_HOOK_ICMP_SEND);
+	return 0;
+}
+
+/*
+ * Who connects: the transition to SYN_SENT runs in connect(), in the
+ * context of the task that called it.  The socket cookie ties this event to
+ * the packets the socket sends (cgroup_skb and tc see the same cookie).
+ * The source port is not assigned yet at this point, hence the cookie.
+ */
+#define IMDS_TCP_SYN_SENT 2
+#define IMDS_AF_INET_KERNEL 2
+#define IMDS_AF_INET6_KERNEL 10
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(observe_connect, struct sock *sk, int oldstate, int newstate)
+{
+	struct imds_event *e;
+	__u8 daddr[16] = {};
+	__u16 family;
+	__be16 dport;
+	__u32 idx;
+	__u8 fam;
+
+	if (newstate != IMDS_TCP_SYN_SENT)
+		return 0;
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	dport = BPF_CORE_READ(sk, __sk_common.skc_dport);
+	if (family == IMDS_AF_INET_KERNEL) {
+		__be32 a = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+
+		__builtin_memcpy(daddr, &a, 4);
+		fam = IMDS_AF_INET;
+	} else if (family == IMDS_AF_INET6_KERNEL && n_targets_v6) {
+		BPF_CORE_READ_INTO(&daddr, sk, __sk_common.skc_v6_daddr);
+		fam = IMDS_AF_INET6;
+	} else {
+		return 0;
+	}
+	idx = match_addr(fam, daddr);
+	if (idx == IMDS_NO_TARGET || !port_matches(fam, idx, dport))
+		return 0;
+	count(IMDS_HOOK_CONNECT, IMDS_CNT_SEEN);
+	e = reserve(IMDS_HOOK_CONNECT);
+	if (!e)
+		return 0;
+	e->direction = IMDS_DIR_TO_TARGET;
+	e->family = fam;
+	e->ip_proto = IPPROTO_TCP;
+	__builtin_memcpy(e->daddr, daddr, 16);
+	e->dport = dport;
+	e->target_index = target_table_index(fam, idx);
+	e->sk_cookie = bpf_get_socket_cookie(sk);
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	e->flags |= IMDS_F_SK_PRESENT;
+	submit(e, IMDS_HOOK_CONNECT);
 	return 0;
 }

@@ -27,7 +27,9 @@ enum imds_hook {
 	IMDS_HOOK_UPLINK_INGRESS = 4, /* tc ingress on an uplink: target -> node*/
 	IMDS_HOOK_DROP = 5,           /* tracepoint skb/kfree_skb               */
 	IMDS_HOOK_ICMP_SEND = 6,      /* tracepoint icmp/icmp_send (6.9+)       */
-	IMDS_HOOK_MAX = 7,
+	IMDS_HOOK_CONNECT = 7,        /* tp sock/inet_sock_set_state -> SYN_SENT:
+				       * who connects (pid, comm, cgroup)    */
+	IMDS_HOOK_MAX = 8,
 };
 
 /* Which way the packet travels relative to the target. */
@@ -86,7 +88,9 @@ struct imds_event {
 	__u8 icmp_code;
 	__u8 flags;         /* IMDS_F_*                                        */
 	__u8 target_index;  /* index into the configured target table          */
-	__u8 pad[6];
+	__u8 pad[2];
+	__u32 pid;          /* connect: thread-group id of the connecting task */
+	__u8 comm[16];      /* connect: its command name                       */
 	__u8 payload[IMDS_PAYLOAD_MAX];
 };
 

@@ -13,6 +13,7 @@
 #define IMDSTRACE_KERNEL_TYPES_BPF_H
 
 #include <linux/types.h>
+#include <linux/in6.h>
 
 #pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
 
@@ -33,7 +34,16 @@ struct net_device {
 	possible_net_t nd_net;
 };
 
-struct sock;
+struct sock_common {
+	unsigned short skc_family;
+	__be32 skc_daddr;
+	__be16 skc_dport;
+	struct in6_addr skc_v6_daddr;
+};
+
+struct sock {
+	struct sock_common __sk_common;
+};
 
 struct sk_buff {
 	unsigned int len;

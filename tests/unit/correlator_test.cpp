@@ -444,3 +444,31 @@ TEST_F(CorrelatorTest, RequestRetransmissions) {
 }
 
 }  // namespace
+
+// The connect tracepoint names the process; its socket cookie finds the
+// connection, and a node process outside the traced cgroup gets its cgroup.
+TEST_F(CorrelatorTest, ConnectEventAttributesProcessByCookie) {
+    const auto host = flow("198.18.0.2:50001");
+    Observation connect;
+    connect.ts_ns = 9 * kMs;
+    connect.hook = Hook::connect;
+    connect.direction = Direction::to_target;
+    connect.flow = flow("0.0.0.0:0");
+    connect.sk_cookie = 4242;
+    connect.cgroup_id = 77;
+    connect.pid = 4711;
+    connect.comm = "controller";
+    corr->observe(connect);
+    EXPECT_EQ(corr->open_connections(), 0u) << "a connect event alone is not a connection";
+
+    Ob syn(10, Hook::uplink_egress, Direction::to_target, host);
+    syn.ttl(64).flags(tcp::syn).seq(7).socket();
+    syn.o.sk_cookie = 4242;
+    corr->observe(syn);
+    corr->flush();
+    ASSERT_EQ(out.size(), 1u);
+    ASSERT_TRUE(out[0].process.has_value());
+    EXPECT_EQ(out[0].process->pid, 4711u);
+    EXPECT_EQ(out[0].process->comm, "controller");
+    EXPECT_EQ(out[0].cgroup_id, 77u);
+}

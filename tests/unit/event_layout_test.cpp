@@ -39,9 +39,11 @@ PIN(imds_event, icmp_type, 102, 1);
 PIN(imds_event, icmp_code, 103, 1);
 PIN(imds_event, flags, 104, 1);
 PIN(imds_event, target_index, 105, 1);
-PIN(imds_event, pad, 106, 6);
-PIN(imds_event, payload, 112, IMDS_PAYLOAD_MAX);
-static_assert(sizeof(imds_event) == 368);
+PIN(imds_event, pad, 106, 2);
+PIN(imds_event, pid, 108, 4);
+PIN(imds_event, comm, 112, 16);
+PIN(imds_event, payload, 128, IMDS_PAYLOAD_MAX);
+static_assert(sizeof(imds_event) == 384);
 static_assert(alignof(imds_event) == 8);
 static_assert(IMDS_PAYLOAD_MAX == 256);
 
@@ -54,8 +56,8 @@ static_assert(sizeof(imds_target) == 24);
 #define FSIZE(type, field) sizeof(((type*)nullptr)->field)
 
 TEST(EventLayout, SizesAndOffsets) {
-    EXPECT_EQ(sizeof(imds_event), 368u);
-    EXPECT_EQ(offsetof(imds_event, payload), 112u);
+    EXPECT_EQ(sizeof(imds_event), 384u);
+    EXPECT_EQ(offsetof(imds_event, payload), 128u);
     EXPECT_EQ(offsetof(imds_event, payload) + IMDS_PAYLOAD_MAX, sizeof(imds_event));
     EXPECT_EQ(sizeof(imds_target), 24u);
 }
@@ -72,7 +74,8 @@ TEST(EventLayout, NoImplicitPadding) {
         FSIZE(imds_event, hook) + FSIZE(imds_event, direction) + FSIZE(imds_event, family) +
         FSIZE(imds_event, ip_proto) + FSIZE(imds_event, ttl) + FSIZE(imds_event, tcp_flags) +
         FSIZE(imds_event, icmp_type) + FSIZE(imds_event, icmp_code) + FSIZE(imds_event, flags) +
-        FSIZE(imds_event, target_index) + FSIZE(imds_event, pad) + FSIZE(imds_event, payload);
+        FSIZE(imds_event, target_index) + FSIZE(imds_event, pad) + FSIZE(imds_event, pid) +
+        FSIZE(imds_event, comm) + FSIZE(imds_event, payload);
     static_assert(event_fields == sizeof(imds_event), "imds_event has implicit padding");
     EXPECT_EQ(event_fields, sizeof(imds_event));
 
@@ -90,7 +93,8 @@ TEST(EventLayout, EnumValues) {
     EXPECT_EQ(IMDS_HOOK_UPLINK_INGRESS, 4);
     EXPECT_EQ(IMDS_HOOK_DROP, 5);
     EXPECT_EQ(IMDS_HOOK_ICMP_SEND, 6);
-    EXPECT_EQ(IMDS_HOOK_MAX, 7);
+    EXPECT_EQ(IMDS_HOOK_CONNECT, 7);
+    EXPECT_EQ(IMDS_HOOK_MAX, 8);
     EXPECT_EQ(IMDS_DIR_TO_TARGET, 1);
     EXPECT_EQ(IMDS_DIR_FROM_TARGET, 2);
     EXPECT_EQ(IMDS_DIR_ICMP_ABOUT, 3);

@@ -177,6 +177,7 @@ void Session::start() {
             if (!r.cgroup.empty()) r.pod = im.pods->by_cgroup(r.cgroup);
             if (!r.pod) r.pod = im.pods->by_ip(r.client.addr);
             r.request = t.request;
+            r.process = t.process;
             if (t.response) r.status = t.response->status;
             if (t.response_ttl_at_node) r.ttl_at_node = *t.response_ttl_at_node;
             r.hops = c.hops.hops;

@@ -28,6 +28,8 @@ struct Correlator::Connection {
     std::optional<FlowKey> uplink_key;
     std::optional<std::uint32_t> isn;
     std::uint64_t cgroup_id = 0;
+    std::uint64_t cookie = 0;
+    std::optional<ProcessInfo> process;
     bool seen_at_socket = false;
     bool local_at_uplink = false;
     std::optional<std::uint8_t> ttl_sent;
@@ -140,7 +142,17 @@ Correlator::Exchange& Correlator::current(Connection& c) {
     return c.exchanges.back();
 }
 
+void Correlator::on_connect(const Observation& o) {
+    if (!o.sk_cookie) return;
+    if (by_cookie_.size() >= opts_.max_connections) by_cookie_.clear();  // bound memory under connect floods
+    by_cookie_[o.sk_cookie] = Connector{ProcessInfo{o.pid, o.comm}, o.cgroup_id};
+}
+
 void Correlator::observe(const Observation& o) {
+    if (o.hook == Hook::connect) {
+        on_connect(o);
+        return;
+    }
     Connection* c = find_or_create(o);
     apply(*c, o);
 }
@@ -154,6 +166,15 @@ void Correlator::apply(Connection& c, const Observation& o) {
 }
 
 void Correlator::on_to_target(Connection& c, const Observation& o) {
+    if (o.sk_cookie && !c.process) {
+        if (auto it = by_cookie_.find(o.sk_cookie); it != by_cookie_.end()) {
+            c.process = it->second.process;
+            // A node process outside the traced cgroup still has a cgroup.
+            if (!c.cgroup_id) c.cgroup_id = it->second.cgroup_id;
+            c.cookie = o.sk_cookie;
+            by_cookie_.erase(it);
+        }
+    }
     if (o.hook == Hook::cgroup_egress) {
         c.seen_at_socket = true;
         if (!c.cgroup_id) c.cgroup_id = o.cgroup_id;
@@ -291,6 +312,7 @@ Transaction Correlator::to_transaction(const Connection& c, const Exchange& x) c
     t.cgroup_id = c.cgroup_id;
     t.seen_at_socket = c.seen_at_socket;
     t.local_socket_at_uplink = c.local_at_uplink;
+    t.process = c.process;
     t.request = x.request;
     t.response = x.response;
     t.ttl_sent = c.ttl_sent;

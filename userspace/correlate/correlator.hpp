@@ -60,6 +60,7 @@ private:
     void on_from_target(Connection& c, const Observation& o);
     void on_drop(Connection& c, const Observation& o);
     void on_icmp(Connection& c, const Observation& o);
+    void on_connect(const Observation& o);
     Exchange& current(Connection& c);
     void finish(Connection& c);
     Transaction to_transaction(const Connection& c, const Exchange& x) const;
@@ -75,6 +76,11 @@ private:
     std::unordered_map<FlowKey, std::uint64_t, FlowKeyHash> by_socket_;
     std::unordered_map<FlowKey, std::uint64_t, FlowKeyHash> by_uplink_;
     std::map<std::pair<Endpoint, std::uint32_t>, std::uint64_t> by_isn_;  // (server, client ISN)
+    struct Connector {
+        ProcessInfo process;
+        std::uint64_t cgroup_id = 0;
+    };
+    std::unordered_map<std::uint64_t, Connector> by_cookie_;  // socket cookie -> who connected
 };
 
 }  // namespace imdstrace

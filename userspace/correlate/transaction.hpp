@@ -21,6 +21,12 @@ struct DropRecord {
     std::uint32_t count = 0;
 };
 
+// The task that called connect() for the client socket.
+struct ProcessInfo {
+    std::uint32_t pid = 0;
+    std::string comm;
+};
+
 struct Transaction {
     std::uint64_t id = 0;
     std::uint64_t start_ns = 0;  // CLOCK_MONOTONIC
@@ -31,6 +37,7 @@ struct Transaction {
     std::uint64_t cgroup_id = 0;         // client socket's cgroup, 0 when not seen
     bool seen_at_socket = false;         // the cgroup hooks saw the client's packets
     bool local_socket_at_uplink = false; // left the uplink with a socket: a node process
+    std::optional<ProcessInfo> process;  // from the connect tracepoint, matched by socket cookie
 
     std::optional<HttpRequest> request;
     std::optional<HttpResponse> response;

@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 
+#include <cctype>
 #include <cstring>
 
 #include "imdstrace.h"
@@ -16,6 +17,7 @@ std::string_view to_string(Hook h) {
     case Hook::uplink_ingress: return "uplink_ingress";
     case Hook::drop: return "drop";
     case Hook::icmp_send: return "icmp_send";
+    case Hook::connect: return "connect";
     }
     return "unknown";
 }
@@ -60,6 +62,12 @@ std::optional<Observation> decode_event(std::span<const std::uint8_t> record) {
     o.icmp_type = e.icmp_type;
     o.icmp_code = e.icmp_code;
     o.target_index = e.target_index;
+    if (o.hook == Hook::connect) {
+        o.pid = e.pid;
+        o.comm.assign(reinterpret_cast<const char*>(e.comm), strnlen(reinterpret_cast<const char*>(e.comm), sizeof(e.comm)));
+        for (auto& c : o.comm)
+            if (!std::isprint(static_cast<unsigned char>(c))) c = '?';
+    }
 
     std::size_t copied = std::min<std::size_t>(e.copied, IMDS_PAYLOAD_MAX);
     if (copied > 0 && o.direction != Direction::icmp_about) {

@@ -20,6 +20,7 @@ enum class Hook : std::uint8_t {
     uplink_ingress = 4,  // tc ingress on an uplink
     drop = 5,            // skb/kfree_skb
     icmp_send = 6,       // icmp/icmp_send
+    connect = 7,         // sock/inet_sock_set_state -> SYN_SENT (who connects)
 };
 std::string_view to_string(Hook h);
 
@@ -53,6 +54,9 @@ struct Observation {
     std::uint8_t icmp_type = 0;
     std::uint8_t icmp_code = 0;
     std::uint8_t target_index = 0;
+    // connect events: the task
+    std::uint32_t pid = 0;
+    std::string comm;
     // Parsed heads (redacted), present on the packet carrying them.
     std::optional<HttpRequest> request;
     std::optional<HttpResponse> response;

@@ -256,6 +256,7 @@ KernelFeatures KernelFeatures::probe() {
     kf.has_btf = true;
     kf.kfree_skb_reason = tracepoint_args(vmlinux, "btf_trace_kfree_skb") >= 3;
     kf.icmp_send_tracepoint = btf_has(vmlinux, "btf_trace_icmp_send", BTF_KIND_TYPEDEF);
+    kf.connect_tracepoint = btf_has(vmlinux, "btf_trace_inet_sock_set_state", BTF_KIND_TYPEDEF);
     kf.tcx_ingress = enum_value(vmlinux, "bpf_attach_type", "BPF_TCX_INGRESS");
     kf.tcx_egress = enum_value(vmlinux, "bpf_attach_type", "BPF_TCX_EGRESS");
     kf.tcx = kf.tcx_ingress >= 0 && kf.tcx_egress >= 0;
@@ -324,6 +325,7 @@ std::unique_ptr<Tracer> Tracer::start(const TracerConfig& config, const KernelFe
     const_cast<__u32&>(ro->target_v6_base) = v4;
     const_cast<bool&>(ro->kfree_skb_has_reason) = kf.kfree_skb_reason;
     bpf_program__set_autoload(impl.skel->progs.observe_icmp_send, kf.icmp_send_tracepoint);
+    bpf_program__set_autoload(impl.skel->progs.observe_connect, kf.connect_tracepoint);
     if (config.cgroup_dir.empty()) {
         bpf_program__set_autoload(impl.skel->progs.socket_egress, false);
         bpf_program__set_autoload(impl.skel->progs.socket_ingress, false);
@@ -348,6 +350,10 @@ std::unique_ptr<Tracer> Tracer::start(const TracerConfig& config, const KernelFe
     attach_tp(impl.skel->progs.observe_drop, "skb/kfree_skb");
     impl.summary.push_back(kf.kfree_skb_reason ? "drops: tp_btf/kfree_skb with drop reasons"
                                                : "drops: tp_btf/kfree_skb, locations only (kernel < 5.17)");
+    if (kf.connect_tracepoint) {
+        attach_tp(impl.skel->progs.observe_connect, "sock/inet_sock_set_state");
+        impl.summary.push_back("processes: tp_btf/inet_sock_set_state (pid, comm of connect())");
+    }
     if (kf.icmp_send_tracepoint) {
         attach_tp(impl.skel->progs.observe_icmp_send, "icmp/icmp_send");
         impl.summary.push_back("icmp: tp_btf/icmp_send and ICMP leaving the uplink");

@@ -24,6 +24,7 @@ struct KernelFeatures {
     bool has_btf = false;            // /sys/kernel/btf/vmlinux readable
     bool kfree_skb_reason = false;   // v5.17+: kfree_skb carries a drop reason
     bool icmp_send_tracepoint = false;  // v6.9+: icmp/icmp_send
+    bool connect_tracepoint = false;    // v4.16+: sock/inet_sock_set_state
     bool tcx = false;                // v6.6+: tcx links (detach on process exit)
     int tcx_ingress = -1;            // enum bpf_attach_type values of this kernel
     int tcx_egress = -1;

@@ -35,10 +35,11 @@ std::string format_transaction(const TransactionRecord& r, TextStyle style) {
     std::string who = r.subject();
     if (who.size() > 32) who = who.substr(0, 29) + "...";
     auto verdict = fmt::format("{:<18}", to_string(r.verdict));
-    return fmt::format("{:<12}  {}  {:<32}  {:<42}  {:>6}  {:>7}  {:>4}  {:>5}  {} ({} -> {}, {} ms)",
+    std::string proc = r.process ? fmt::format(", pid {} {}", r.process->pid, r.process->comm) : std::string();
+    return fmt::format("{:<12}  {}  {:<32}  {:<42}  {:>6}  {:>7}  {:>4}  {:>5}  {} ({} -> {}{}, {} ms)",
                        clock_time(r.wall_ms), paint(verdict, r.verdict, style), who, request, opt(r.status),
                        opt(r.ttl_at_node), opt(r.hops) + (r.hops_inferred ? "?" : ""), opt(r.required_hop_limit),
-                       r.evidence, r.client.str(), r.server.str(), r.duration_ms);
+                       r.evidence, r.client.str(), r.server.str(), proc, r.duration_ms);
 }
 
 std::string format_diagnosis(const Diagnosis& d, TextStyle style) {

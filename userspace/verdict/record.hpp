@@ -16,11 +16,6 @@
 
 namespace imdstrace {
 
-struct ProcessInfo {
-    std::uint32_t pid = 0;
-    std::string comm;
-};
-
 struct TransactionRecord {
     std::int64_t wall_ms = 0;  // unix time of the transaction start
     std::optional<PodInfo> pod;

@@ -12,8 +12,10 @@ pkgs=(
   libelf-dev zlib1g-dev
   libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
   libgtest-dev
+  libyaml-cpp-dev                 # --pods k8s-api: kubeconfig files
   libcpp-httplib-dev libcurl4-openssl-dev tcpdump   # metrics server, k8s API client, pcap checks
   iproute2 iptables nftables util-linux jq   # testbed: ip, tc, nsenter; assertions
+  python3-yaml                    # tests/deploy: parse the Kubernetes manifests
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -41,6 +41,7 @@ struct Options {
     int backoff_ms = 0;
     bool fallback_v1 = false;
     bool no_token = false;
+    bool bad_token = false;  // send a token IMDS never issued (TOKEN_INVALID)
     bool ttl_header = true;
     int token_ttl = 21600;
     bool xff = false;
@@ -409,7 +410,7 @@ void usage(FILE* out) {
     fprintf(out,
             "usage: imds-client [--target ADDR[:PORT]] [--attempts N] [--timeout-ms MS]\n"
             "                   [--fallback-v1] [--no-token] [--ttl-header|--no-ttl-header]\n"
-            "                   [--token-ttl S] [--xff] [--backoff-ms MS] [--path P ...]\n"
+            "                   [--token-ttl S] [--xff] [--backoff-ms MS] [--path P ...] [--bad-token]\n"
             "  default target 169.254.169.254:80; IPv6 as [fd00:ec2::254]:80\n"
             "  default flow: PUT /latest/api/token, GET /latest/meta-data/mac,\n"
             "  GET /latest/meta-data/network/interfaces/macs/<mac>/vpc-id\n"
@@ -445,6 +446,7 @@ int main(int argc, char** argv) {
         else if (a == "--backoff-ms") o.backoff_ms = int_arg(need(i), "--backoff-ms", 0, 600000);
         else if (a == "--fallback-v1") o.fallback_v1 = true;
         else if (a == "--no-token") o.no_token = true;
+        else if (a == "--bad-token") o.bad_token = o.no_token = true;
         else if (a == "--ttl-header") o.ttl_header = true;
         else if (a == "--no-ttl-header") o.ttl_header = false;
         else if (a == "--token-ttl") o.token_ttl = int_arg(need(i), "--token-ttl", 0, 1000000);
@@ -474,6 +476,10 @@ int main(int argc, char** argv) {
     Client c(o, t);
     std::optional<std::string> token;
     const char* mode = "IMDSv1";
+    if (o.bad_token) {
+        token = std::string("invalid-token-never-issued-by-this-imds");
+        mode = "invalid token";
+    }
     if (!o.no_token) {
         token = c.fetch_token();
         if (token) {

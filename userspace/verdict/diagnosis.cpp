@@ -170,6 +170,24 @@ Diagnosis DiagnosisBuilder::build(double window_s, std::vector<std::string> targ
             if (!drops.empty() && example->evidence.find("dropped") == std::string::npos)
                 f.evidence += "; kernel: " + drops;
             f.fix = generic_fix(v, *example);
+            if (v == Verdict::token_required) {
+                // SDKs fall back to IMDSv1 when their token PUT times out: on a
+                // tokens-required node the 401 is a symptom of the hop limit.
+                std::set<std::string> after_hop;
+                for (const auto& r : records_)
+                    if (r.verdict == Verdict::hop_limit_exceeded && r.token_request() &&
+                        std::find(f.pods.begin(), f.pods.end(), r.subject()) != f.pods.end())
+                        after_hop.insert(r.subject());
+                if (!after_hop.empty()) {
+                    std::string names;
+                    for (const auto& n : after_hop) names += (names.empty() ? "" : ", ") + n;
+                    f.evidence += fmt::format("; for {} these IMDSv1 requests came after the token requests failed with "
+                                              "HOP_LIMIT_EXCEEDED (the SDK's fallback): fix the hop limit first",
+                                              names);
+                    f.fix = "Fix the hop limit (see HOP_LIMIT_EXCEEDED): the client then gets its token and stops "
+                            "falling back to IMDSv1.";
+                }
+            }
         }
         d.findings.push_back(std::move(f));
     }

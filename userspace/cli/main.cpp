@@ -48,6 +48,7 @@ struct CommonArgs {
     std::string pcap;
     std::string metrics;
     std::string ready_file;
+    std::string kubeconfig;
     double duration = 0;
     std::string log_level = "info";
     bool no_tcx = false;
@@ -64,6 +65,7 @@ void add_common(CLI::App* app, CommonArgs& a, bool tracing) {
     app->add_option("--cgroup", a.cgroup, "cgroup v2 directory for the socket hooks (default: the cgroup2 root; none)");
     app->add_option("--pods", a.pods, "Pod resolver: auto|k8s-node|k8s-api|static:FILE|none");
     app->add_option("--host-root", a.host_root, "Where the host's /proc, /sys/fs/cgroup, /var/log/pods are");
+    app->add_option("--kubeconfig", a.kubeconfig, "kubeconfig for --pods k8s-api (default: in-cluster config)");
     app->add_option("--events", a.events, "Append every transaction as JSONL to FILE");
     app->add_option("--pcap", a.pcap, "Write the IMDS packets to a pcap FILE");
     app->add_option("--metrics", a.metrics, "Serve Prometheus metrics on ADDR:PORT");
@@ -93,6 +95,7 @@ SessionOptions session_options(const CommonArgs& a, std::optional<double> durati
     o.events_file = a.events;
     o.ready_file = a.ready_file;
     o.pcap_file = a.pcap;
+    o.kubeconfig = a.kubeconfig;
     o.metrics_listen = a.metrics;
     o.duration_s = duration;
     o.prefer_tcx = !a.no_tcx;

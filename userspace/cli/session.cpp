@@ -149,6 +149,9 @@ void Session::start() {
 
     // cgroup v2 directory for the socket hooks.
     auto mount = find_cgroup2_mount(opts_.host_root);
+    // A --host-root without a cgroup2 mount of its own (a copied tree, a
+    // test) still runs on this kernel's cgroups.
+    if (!mount) mount = find_cgroup2_mount("/");
     if (opts_.cgroup == "none") {
         impl.cgroup_dir.clear();
     } else if (opts_.cgroup.empty()) {

@@ -100,6 +100,9 @@ public:
     std::optional<PodInfo> by_uid(const std::string& uid, const std::string& container_id = "");
     K8sNodeStats stats() const;
     const K8sNodeOptions& options() const { return opts_; }
+    // Read /var/log/pods now (at start: describe() counts pods, a missing
+    // directory is reported before tracing).
+    void refresh();
 
 private:
     struct Pod {

@@ -574,7 +574,12 @@ std::unique_ptr<PodResolver> make_k8s_resolver(const std::string& mode, const Po
     no.host_root = s.host_root.empty() ? "/" : s.host_root;
     no.cgroup_mount = s.cgroup_mount;
     auto node = [&] { return std::make_unique<K8sNodeResolver>(no); };
-    if (mode == "k8s-node") return node();
+    auto primary_node = [&] {  // k8s-node on its own: read /var/log/pods now
+        auto r = node();
+        r->refresh();
+        return r;
+    };
+    if (mode == "k8s-node") return primary_node();
 
     std::optional<K8sApiConfig> cfg;
     std::string why;
@@ -603,12 +608,12 @@ std::unique_ptr<PodResolver> make_k8s_resolver(const std::string& mode, const Po
     }
     if (mode == "k8s-api") {
         spdlog::warn("k8s-api: no API server configuration ({}); attributing pods from the node instead (k8s-node)", why);
-        return node();
+        return primary_node();
     }
     auto mount = no.cgroup_mount.empty() ? (no.host_root == "/" ? "" : no.host_root) + "/sys/fs/cgroup" : no.cgroup_mount;
     if (has_kubepods_tree(mount)) {
         spdlog::info("pods: auto -> k8s-node (no API server configuration: {}; kubepods cgroups under {})", why, mount);
-        return node();
+        return primary_node();
     }
     spdlog::info("pods: auto -> none (not in a cluster: {}; no kubepods cgroup tree under {})", why, mount);
     return make_null_resolver();

@@ -105,6 +105,12 @@ K8sNodeResolver::K8sNodeResolver(K8sNodeOptions o) : opts_(std::move(o)) {
     }
 }
 
+void K8sNodeResolver::refresh() {
+    std::lock_guard lk(mu_);
+    last_log_scan_ = Clock::now();
+    scan_logs();
+}
+
 std::string K8sNodeResolver::describe() const {
     std::lock_guard lk(mu_);
     return "k8s-node (" + logs_dir_ + ", cgroups under " + opts_.cgroup_mount + ", " + std::to_string(pods_.size()) +
@@ -280,16 +286,26 @@ std::optional<PodInfo> K8sNodeResolver::by_cgroup(const std::string& cgroup_path
     return pod;
 }
 
+// A process of the pod, the shallowest first: the pod cgroup itself, then
+// its containers (the sandbox's pause process lives there), then one level
+// below (a container's own sub-cgroups, where a nested container's
+// processes have a network namespace of their own).
 std::optional<std::int64_t> K8sNodeResolver::find_pid(const std::string& dir, int depth) const {
-    if (auto procs = read_small_file(dir + "/cgroup.procs", 1 << 16)) {
-        std::istringstream in(*procs);
-        std::int64_t pid = 0;
-        if (in >> pid && pid > 0) return pid;
+    std::vector<std::string> level{dir};
+    for (int d = 0; d <= depth && !level.empty(); ++d) {
+        std::vector<std::string> next;
+        for (const auto& cg : level) {
+            if (auto procs = read_small_file(cg + "/cgroup.procs", 1 << 16)) {
+                std::istringstream in(*procs);
+                std::int64_t pid = 0;
+                if (in >> pid && pid > 0) return pid;
+            }
+            if (d < depth)
+                for (const auto& [name, sub] : list_dir(cg))
+                    if (sub) next.push_back(cg + "/" + name);
+        }
+        level = std::move(next);
     }
-    if (depth <= 0) return std::nullopt;
-    for (const auto& [name, sub] : list_dir(dir))
-        if (sub)
-            if (auto pid = find_pid(dir + "/" + name, depth - 1)) return pid;
     return std::nullopt;
 }
 

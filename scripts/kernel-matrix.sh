@@ -60,6 +60,11 @@ PROJECT_FILES=(
   "$REPO/tests/e2e/lib.sh:/repo/tests/e2e/lib.sh"
   "$REPO/tests/e2e/hop_limit.sh:/repo/tests/e2e/hop_limit.sh"
   "$REPO/tests/e2e/lifecycle.sh:/repo/tests/e2e/lifecycle.sh"
+  "$REPO/tests/e2e/attribution.sh:/repo/tests/e2e/attribution.sh"
+  "$REPO/tests/e2e/failure_modes.sh:/repo/tests/e2e/failure_modes.sh"
+  "$REPO/tests/e2e/probe.sh:/repo/tests/e2e/probe.sh"
+  "$BUILD_DIR/tests/testbed/k8s-api-standin:/usr/bin/k8s-api-standin"
+  "$BUILD_DIR/tests/testbed/ttl-datapath:/usr/bin/ttl-datapath"
 )
 missing=0
 for pf in "${PROJECT_FILES[@]}"; do
@@ -205,7 +210,7 @@ for pf in "${PROJECT_FILES[@]}"; do
   fi
 done
 # The build-dir layout, for scripts that find binaries relative to a build directory.
-for b in imdstrace tests/testbed/imds-emulator tests/testbed/imds-client; do
+for b in imdstrace tests/testbed/imds-emulator tests/testbed/imds-client tests/testbed/k8s-api-standin tests/testbed/ttl-datapath; do
   [ -e "$ROOTFS/usr/bin/$(basename $b)" ] && ln -s "/usr/bin/$(basename $b)" "$ROOTFS/build/$b"
 done
 [ -e "$ROOTFS/repo/scripts/testbed.sh" ] && ln -s /repo/scripts/testbed.sh "$ROOTFS/usr/bin/testbed.sh"

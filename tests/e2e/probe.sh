@@ -42,6 +42,7 @@ scenario_failing() {
     expect_grep "text output has the fix" "$WORK/netns.txt" "httpPutResponseHopLimit: 2"
     probe "$WORK/host.json" --host -o json
     expect_eq "probe --host exits 0 (0 hops: the TTL-1 response is delivered locally)" "$PROBE_RC" "0"
+    [[ $PROBE_RC == 0 ]] || jq -c '.steps, [.transactions[] | {verdict, evidence}]' "$WORK/host.json" >&2 || true
     expect_jq "host probe got its token" "$WORK/host.json" '.steps[0].status == 200 and .healthy'
     probe "$WORK/none.txt"
     expect_eq "probe without a place is a usage error" "$PROBE_RC" "2"

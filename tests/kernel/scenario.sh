@@ -4,7 +4,11 @@
 # runs (tests/e2e/), against that guest's kernel:
 #   hop limit 1 -> pod HOP_LIMIT_EXCEEDED (needs 2), host process OK, exit 3
 #   hop limit 2 -> everything OK, exit 0
+#   IPv6 (ip6_forward, ICMPv6)
 #   attach/detach on signals, with tcx where the kernel has it and netlink tc
+#   attribution in the four pod topologies (k8s-node resolver, NAT, nested)
+#   a FORWARD policy drop (BLOCKED) and a Cilium-style tc TTL drop
+#   probe from inside a pod
 #
 # Contract with the runner: progress lines start with "scenario:", exit 0 on
 # success.  No NIC exists in the guest: everything lives in namespaces.
@@ -13,6 +17,7 @@ set -u
 say() { echo "scenario: $*"; }
 
 export IMDSTRACE=/usr/bin/imdstrace IMDS_EMULATOR=/usr/bin/imds-emulator IMDS_CLIENT=/usr/bin/imds-client
+export K8S_API_STANDIN=/usr/bin/k8s-api-standin
 export REPO=/repo
 
 say "kernel $(uname -r)"
@@ -20,7 +25,8 @@ say "kernel $(uname -r)"
 imdstrace check 2>&1 | grep -E 'kernel|drop path|icmp path|tc attach|bpf load' | sed 's/^/scenario: check: /'
 
 rc=0
-for t in "hop_limit.sh limit1" "hop_limit.sh limit2" "lifecycle.sh signals"; do
+for t in "hop_limit.sh limit1" "hop_limit.sh limit2" "hop_limit.sh ipv6" "lifecycle.sh signals" \
+	"attribution.sh k8s_node" "failure_modes.sh blocked" "failure_modes.sh cilium" "probe.sh failing"; do
 	say "== $t"
 	# dash has no pipefail: the test's status travels through a file.
 	# shellcheck disable=SC2086

@@ -189,7 +189,11 @@ TEST(Classify, OtherDrop) {
 TEST(Classify, TcpBookkeepingDropsAreIgnored) {
     for (auto d : {drop("TCP_OLD_DATA", "tcp_validate_incoming", 63, true),
                    drop("TCP_OFOMERGE", "tcp_data_queue", 63, true), drop("NO_SOCKET", "tcp_v4_rcv", 63, true),
-                   drop("SOCKET_CLOSE", "tcp_rcv_state_process", 63, true), drop("", "tcp_v4_rcv", 63, true)}) {
+                   drop("SOCKET_CLOSE", "tcp_rcv_state_process", 63, true), drop("", "tcp_v4_rcv", 63, true),
+                   drop("QUEUE_PURGE", "sk_stream_kill_queues", 1, true),
+                   // 6.1: a closing socket's queues freed without a specific reason
+                   drop("NOT_SPECIFIED", "sk_stream_kill_queues", 1, true),
+                   drop("NOT_SPECIFIED", "inet_csk_destroy_sock", 1, true)}) {
         EXPECT_TRUE(endpoint_bookkeeping(d)) << d.reason << " " << d.location;
         auto t = pod_tx();
         t.drops.push_back(d);
@@ -201,6 +205,8 @@ TEST(Classify, TcpBookkeepingDropsAreIgnored) {
     }
     EXPECT_FALSE(endpoint_bookkeeping(drop("IP_INHDR", "ip_forward", 1, true)));
     EXPECT_FALSE(endpoint_bookkeeping(drop("NETFILTER_DROP", "nf_hook_slow", 1, true)));
+    EXPECT_FALSE(endpoint_bookkeeping(drop("NOT_SPECIFIED", "ip_forward", 1, true)));
+    EXPECT_FALSE(endpoint_bookkeeping(drop("NOT_SPECIFIED", "__dev_queue_xmit", 64, false)));
 }
 
 TEST(Classify, ServerReset) {

@@ -116,9 +116,16 @@ int severity(Verdict v) {
 }
 
 bool endpoint_bookkeeping(const DropRecord& d) {
-    return d.reason.starts_with("TCP_") || d.reason == "NO_SOCKET" || d.reason == "SOCKET_CLOSE" ||
-           d.reason == "QUEUE_PURGE" ||
-           (d.reason.empty() && d.location.starts_with("tcp_"));
+    if (d.reason.starts_with("TCP_") || d.reason == "NO_SOCKET" || d.reason == "SOCKET_CLOSE" ||
+        d.reason == "QUEUE_PURGE")
+        return true;
+    // Kernels before ~6.2 free a closing socket's queues without a specific
+    // reason (NOT_SPECIFIED): judge those by where they were freed.
+    if (d.reason.empty() || d.reason == "NOT_SPECIFIED") {
+        for (std::string_view socket_layer : {"tcp_", "sk_", "__sk_", "inet_", "__inet_", "skb_queue_purge"})
+            if (d.location.starts_with(socket_layer)) return true;
+    }
+    return false;
 }
 
 bool is_failure(Verdict v) { return v != Verdict::ok && v != Verdict::not_found; }

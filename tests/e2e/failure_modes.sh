@@ -127,10 +127,22 @@ case_cilium() {
     expect_jq "evidence: a TC drop of the TTL-1 response" "$WORK/d.json" '.findings[0].evidence | test("TC_INGRESS at .* \\(TTL 1\\)")'
 }
 
+case_at_risk() {
+    # The pod only makes IMDSv1 GETs (answered with TTL 64): it works today.
+    # The host's token response shows the node's hop limit is 1: the pod's
+    # first token request will fail. Warned before it happens.
+    testbed_up 1
+    diag "$WORK/d.json" "pod:1:--no-token" "host::"
+    expect_eq "nothing failed yet: exit 0" "$TRACER_RC" "0"
+    expect_jq "the pod is OK today" "$WORK/d.json" '.pods[] | select(.name == "pod1") | .verdict == "OK" and .required_hop_limit == 2'
+    expect_jq "a warning names the pod" "$WORK/d.json" '.warnings | length == 1 and .[0].pods == ["testbed/pod1"]'
+    expect_jq "the warning's fix says hop limit 2" "$WORK/d.json" '.warnings[0].fix | test("httpPutResponseHopLimit: 2")'
+}
+
 SCENARIO=${1:-}
 case "${1:-}" in
 tokens_required | hop_and_tokens_required | token_invalid | forbidden | forwarded_for | bad_request | not_found | \
-    blocked | no_route | refused | no_response | cilium) "case_$1" ;;
+    blocked | no_route | refused | no_response | cilium | at_risk) "case_$1" ;;
 *) echo "usage: $0 tokens_required|hop_and_tokens_required|token_invalid|forbidden|forwarded_for|bad_request|not_found|blocked|no_route|refused|no_response|cilium" >&2; exit 2 ;;
 esac
 finish

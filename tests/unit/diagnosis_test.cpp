@@ -265,3 +265,32 @@ TEST(Diagnosis, SubjectFallsBackToCgroupThenClient) {
 }
 
 }  // namespace
+
+// A pod that only made IMDSv1 GETs (answered with the default TTL) sits
+// beyond the hop limit other clients' token responses reveal: warned
+// before it fails, with the fix, while the node is still healthy.
+TEST(Diagnosis, WarnsAboutPodsBeyondTheHopBudget) {
+    DiagnosisBuilder b;
+    auto host_token = rec(std::nullopt, "198.18.0.2:40000", Verdict::ok, req("PUT", "/latest/api/token"));
+    host_token.status = 200;
+    host_token.ttl_at_node = 1;
+    host_token.hops = 0;
+    host_token.required_hop_limit = 1;
+    host_token.cgroup = "/system.slice/kubelet.service";
+    b.add(host_token);
+    b.add(ok_get(pod("ci", "runner"), "198.19.1.2:40001", false, 64, 2));
+    b.add(ok_get(pod("default", "web"), "198.18.1.11:40002", false, 64, 0));
+    auto d = b.build(30, {"169.254.169.254:80"});
+    EXPECT_FALSE(d.failing());
+    EXPECT_TRUE(d.findings.empty());
+    ASSERT_EQ(d.warnings.size(), 1u);
+    EXPECT_EQ(d.warnings[0].pods, std::vector<std::string>{"ci/runner"});
+    EXPECT_NE(d.warnings[0].message.find("node's hop limit is 1"), std::string::npos) << d.warnings[0].message;
+    EXPECT_NE(d.warnings[0].fix.find("httpPutResponseHopLimit: 3"), std::string::npos) << d.warnings[0].fix;
+}
+
+TEST(Diagnosis, NoWarningWithoutAnObservedHopLimit) {
+    DiagnosisBuilder b;
+    b.add(ok_get(pod("ci", "runner"), "198.19.1.2:40001", false, 64, 2));
+    EXPECT_TRUE(b.build(30, {}).warnings.empty());
+}

@@ -116,11 +116,21 @@ int run_watch(const CommonArgs& a) {
     const bool json = a.output == "json";
     if (!json) std::cout << format_transaction_header(style) << std::endl;
     std::map<Verdict, int> totals;
-    session.run(g_stop, [&](const TransactionRecord& r) {
-        ++totals[r.verdict];
-        if (json) std::cout << to_json(r).dump() << std::endl;
-        else std::cout << format_transaction(r, style) << std::endl;
-    });
+    session.run(
+        g_stop,
+        [&](const TransactionRecord& r) {
+            ++totals[r.verdict];
+            if (json) std::cout << to_json(r).dump() << std::endl;
+            else std::cout << format_transaction(r, style) << std::endl;
+        },
+        [&] {
+            // A heartbeat on stderr: quiet is not the same as dead.
+            auto c = session.counters();
+            std::size_t done = 0;
+            for (const auto& [v, n] : totals) done += n;
+            spdlog::info("{:.0f} s: no new transaction; {} so far, {} in flight, {} events, {} lost",
+                         session.elapsed_s(), done, session.open_connections(), c.emitted, c.lost);
+        });
     std::string summary;
     for (const auto& [v, n] : totals) summary += fmt::format("{}{} {}", summary.empty() ? "" : ", ", n, to_string(v));
     auto c = session.counters();

@@ -249,9 +249,12 @@ void Session::start() {
     if (!opts_.ready_file.empty()) std::ofstream(opts_.ready_file) << "ready\n";
 }
 
-void Session::run(const std::atomic<bool>& stop, const RecordSink& sink) {
+void Session::run(const std::atomic<bool>& stop, const RecordSink& sink, const std::function<void()>& quiet,
+                  double quiet_s) {
     auto& impl = *impl_;
+    std::uint64_t last_activity = monotonic_ns();
     auto deliver = [&] {
+        if (!impl.pending.empty()) last_activity = monotonic_ns();
         while (!impl.pending.empty()) {
             auto r = std::move(impl.pending.front());
             impl.pending.pop_front();
@@ -269,6 +272,10 @@ void Session::run(const std::atomic<bool>& stop, const RecordSink& sink) {
         impl.correlator->expire(now);
         deliver();
         if (impl.metrics) impl.metrics->set_events_lost(impl.tracer->counters().lost);
+        if (quiet && now - last_activity >= static_cast<std::uint64_t>(quiet_s * 1e9)) {
+            quiet();
+            last_activity = now;
+        }
         if (now >= deadline) break;
     }
     // Drain what the kernel already queued, then close every open transaction.
@@ -278,6 +285,10 @@ void Session::run(const std::atomic<bool>& stop, const RecordSink& sink) {
 }
 
 int Session::metrics_port() const { return impl_->metrics_server ? impl_->metrics_server->port() : -1; }
+
+std::size_t Session::open_connections() const {
+    return impl_->correlator ? impl_->correlator->open_connections() : 0;
+}
 
 double Session::elapsed_s() const { return (monotonic_ns() - impl_->start_mono) / 1e9; }
 

@@ -52,8 +52,11 @@ public:
     // Resolve uplinks, cgroup, pods; load and attach.  Throws UsageError or
     // std::runtime_error.
     void start();
-    // Trace until the duration ends or `stop` becomes true.
-    void run(const std::atomic<bool>& stop, const RecordSink& sink);
+    // Trace until the duration ends or `stop` becomes true.  `quiet` is
+    // called after every `quiet_s` seconds without a transaction.
+    void run(const std::atomic<bool>& stop, const RecordSink& sink, const std::function<void()>& quiet = {},
+             double quiet_s = 10);
+    std::size_t open_connections() const;
 
     double elapsed_s() const;
     TracerCounters counters() const;

@@ -171,6 +171,9 @@ json to_json(const Diagnosis& d) {
         findings.push_back(
             {{"verdict", std::string(to_string(f.verdict))}, {"pods", f.pods}, {"evidence", f.evidence}, {"fix", f.fix}});
     j["findings"] = findings;
+    json warnings = json::array();
+    for (const auto& w : d.warnings) warnings.push_back({{"pods", w.pods}, {"message", w.message}, {"fix", w.fix}});
+    j["warnings"] = warnings;
     return j;
 }
 

@@ -68,8 +68,20 @@ std::string format_diagnosis(const Diagnosis& d, TextStyle style) {
                            paint(fmt::format("{:<18}", to_string(p.verdict)), p.verdict, style), who, opt(p.hops),
                            opt(p.required_hop_limit), p.transactions, by);
     }
+    auto indent_fix = [](std::string fix) {
+        for (std::size_t pos = 0; (pos = fix.find('\n', pos)) != std::string::npos; pos += 7)
+            fix.replace(pos, 1, "\n       ");
+        return fix;
+    };
+    for (const auto& w : d.warnings) {
+        std::string pods;
+        for (const auto& p : w.pods) pods += (pods.empty() ? "" : ", ") + p;
+        out += fmt::format("\n{} {}\n  {}\n  fix:   {}\n", style.color ? "\033[1;33mWARNING\033[0m" : "WARNING", pods,
+                           w.message, indent_fix(w.fix));
+    }
     if (d.findings.empty()) {
-        out += "\nHealthy: every transaction was answered and delivered.\n";
+        out += d.warnings.empty() ? "\nHealthy: every transaction was answered and delivered.\n"
+                                  : "\nNo failure yet: every transaction was answered and delivered.\n";
         return out;
     }
     for (const auto& f : d.findings) {

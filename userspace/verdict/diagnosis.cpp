@@ -191,6 +191,28 @@ Diagnosis DiagnosisBuilder::build(double window_s, std::vector<std::string> targ
         }
         d.findings.push_back(std::move(f));
     }
+
+    // Pods the hop budget does not reach, that have not hit it yet.
+    if (d.hop_limit_observed) {
+        Warning w;
+        int needed = 0;
+        for (const auto& p : d.pods) {
+            if (!p.required_hop_limit || *p.required_hop_limit <= *d.hop_limit_observed) continue;
+            if (p.verdicts.count(Verdict::hop_limit_exceeded)) continue;  // already a finding
+            w.pods.push_back(p.subject);
+            needed = std::max(needed, *p.required_hop_limit);
+        }
+        if (!w.pods.empty()) {
+            w.message = fmt::format(
+                "{}{} hop{} behind the uplink while the node's hop limit is {}: IMDSv2 token requests from "
+                "{} will time out (HOP_LIMIT_EXCEEDED), although the requests seen so far worked (IMDSv1, or "
+                "answers IMDS sends with the default TTL)",
+                w.pods.size() == 1 ? "" : "up to ", needed - 1, needed - 1 == 1 ? "" : "s", *d.hop_limit_observed,
+                w.pods.size() == 1 ? "this client" : "these clients");
+            w.fix = hop_limit_fix(needed);
+            d.warnings.push_back(std::move(w));
+        }
+    }
     return d;
 }
 

@@ -32,12 +32,23 @@ struct Finding {
     std::string fix;
 };
 
+// A pod that has not failed yet but will: it is further from the uplink
+// than the node's hop limit reaches (for example it only made IMDSv1 GETs,
+// which IMDS answers with the default TTL), so its first token request
+// will time out.
+struct Warning {
+    std::vector<std::string> pods;
+    std::string message;
+    std::string fix;
+};
+
 struct Diagnosis {
     double window_s = 0;
     std::optional<int> hop_limit_observed;
     std::vector<std::string> targets;
     std::vector<PodSummary> pods;
     std::vector<Finding> findings;
+    std::vector<Warning> warnings;
     int transactions = 0;
 
     bool failing() const;

@@ -160,19 +160,24 @@ have_ipv6() {
 # ---------------------------------------------------------------------------------------------
 # emulator
 
-find_emulator() {
-    if [ -n "${IMDS_EMULATOR:-}" ]; then
-        echo "$IMDS_EMULATOR"
-        return 0
-    fi
+# find_build_tool NAME: a testbed program in this checkout's build tree, else on PATH
+find_build_tool() {
     _sd=$(cd "$(dirname "$0")" 2>/dev/null && pwd) || _sd=.
-    for _c in "$_sd/../build/tests/testbed/imds-emulator" "$_sd/../build/imds-emulator"; do
+    for _c in "$_sd/../build/tests/testbed/$1" "$_sd/../build/$1"; do
         if [ -x "$_c" ]; then
             echo "$_c"
             return 0
         fi
     done
-    command -v imds-emulator 2>/dev/null
+    command -v "$1" 2>/dev/null
+}
+
+find_emulator() {
+    if [ -n "${IMDS_EMULATOR:-}" ]; then
+        echo "$IMDS_EMULATOR"
+        return 0
+    fi
+    find_build_tool imds-emulator
 }
 
 # true while PID runs (a zombie whose parent has not reaped it yet counts as gone)
@@ -369,14 +374,7 @@ find_ttl_datapath() {
         echo "$(dirname "$_emu")/ttl-datapath"
         return 0
     fi
-    _sd=$(cd "$(dirname "$0")" 2>/dev/null && pwd) || _sd=.
-    for _c in "$_sd/../build/tests/testbed/ttl-datapath" "$_sd/../build/ttl-datapath"; do
-        if [ -x "$_c" ]; then
-            echo "$_c"
-            return 0
-        fi
-    done
-    command -v ttl-datapath 2>/dev/null
+    find_build_tool ttl-datapath
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ require_root
 scenario_incident() {
     testbed_up 1
     local port=19655
-    tracer_start "$WORK/diag.json" diagnose -o json --duration 9 --cgroup "$CGROUP_DIR" --pods "static:$PODS_JSON" \
+    tracer_start "$WORK/diag.txt" diagnose --duration 9 --cgroup "$CGROUP_DIR" --pods "static:$PODS_JSON" \
         --events "$WORK/events.jsonl" --pcap "$WORK/trace.pcapng" --metrics "127.0.0.1:$port"
     # The pod fails on the token; the host fetches a token and credentials
     # (secrets cross every hook, and must cross none of the outputs).
@@ -24,15 +24,15 @@ scenario_incident() {
     tracer_wait
     expect_eq "diagnose exits 3" "$TRACER_RC" "3"
 
-    # JSONL -> report reproduces the live diagnosis.
+    # JSONL -> report reproduces the live diagnosis, to the byte.
     local rc=0
-    "$IMDSTRACE" report -o json "$WORK/events.jsonl" >"$WORK/report.json" 2>>"$WORK/report.err" || rc=$?
+    "$IMDSTRACE" report "$WORK/events.jsonl" >"$WORK/report.txt" 2>>"$WORK/report.err" || rc=$?
     expect_eq "report exits 3 like the live run" "$rc" "3"
-    expect_same "report == live diagnosis (pods, node, findings)" \
-        "$(jq -S '{node, pods, findings, transactions}' "$WORK/report.json")" \
-        "$(jq -S '{node, pods, findings, transactions}' "$WORK/diag.json")"
-    "$IMDSTRACE" report "$WORK/events.jsonl" >"$WORK/report.txt" 2>&1 || true
-    expect_grep "text report names the pod and the fix" "$WORK/report.txt" "httpPutResponseHopLimit: 2"
+    expect_same "report prints exactly what diagnose printed live (text)" "$(cat "$WORK/report.txt")" "$(cat "$WORK/diag.txt")"
+    expect_grep "the text names the pod and the fix" "$WORK/report.txt" "httpPutResponseHopLimit: 2"
+    "$IMDSTRACE" report -o json "$WORK/events.jsonl" >"$WORK/report.json" 2>>"$WORK/report.err" || true
+    expect_jq "report -o json: the pod's HOP_LIMIT_EXCEEDED finding" "$WORK/report.json" \
+        '.findings[0].verdict == "HOP_LIMIT_EXCEEDED" and .findings[0].pods == ["testbed/pod1"]'
 
     # pcap: standard tools open it and find the story.
     tcpdump -nn -r "$WORK/trace.pcapng" >"$WORK/tcpdump.txt" 2>"$WORK/tcpdump.err" || fail "tcpdump cannot read the pcap: $(cat "$WORK/tcpdump.err")"
@@ -63,7 +63,7 @@ scenario_incident() {
     # Secrets: the credentials really flowed, and nothing of them was kept.
     expect_grep "the host really fetched the credentials" "$WORK/clients.log" "security-credentials/imdstrace-testbed-role -> 200"
     local leaks
-    leaks=$(grep -alE "IMDSFAKESECRET|AQAEA" "$WORK"/diag.json "$WORK"/diag.json.err "$WORK"/events.jsonl \
+    leaks=$(grep -alE "IMDSFAKESECRET|AQAEA" "$WORK"/diag.txt "$WORK"/diag.txt.err "$WORK"/events.jsonl \
         "$WORK"/trace.pcapng "$WORK"/metrics.txt "$WORK"/report.json "$WORK"/report.txt "$WORK"/tcpdump.txt || true)
     expect_eq "no token or credential value in stdout, logs, JSONL, pcap, metrics or reports" "${leaks:-none}" "none"
     expect_grep "the pcap keeps the token header's name, not its value" <(strings "$WORK/trace.pcapng") \

@@ -108,11 +108,11 @@ expect_jq() {
     if [[ "$got" == "true" ]]; then pass "$1"; else fail "$1: jq '$3' gave '$got'"; fi
 }
 
-# expect_each DESCRIPTION JSONL-FILE SELECT CONDITION: at least one line
-# matches SELECT, and every such line satisfies CONDITION.
+# expect_each DESCRIPTION JSONL-FILE SELECT CONDITION: at least one
+# transaction line matches SELECT, and every such line satisfies CONDITION.
 expect_each() {
     local got
-    got=$(jq -s -r "[.[] | select($3)] | length > 0 and all(.[]; $4)" "$2" 2>&1 || true)
+    got=$(jq -s -r "[.[] | select(.schema == \"imdstrace.transaction/v1\") | select($3)] | length > 0 and all(.[]; $4)" "$2" 2>&1 || true)
     if [[ "$got" == "true" ]]; then pass "$1"; else fail "$1: lines matching '$3' fail '$4' ($got)"; fi
 }
 

@@ -158,7 +158,7 @@ int run_diagnose(const CommonArgs& a) {
     });
     auto c = session.counters();
     if (c.lost) spdlog::warn("{} events were lost (ring buffer full): figures are lower bounds", c.lost);
-    return print_diagnosis(builder.build(session.elapsed_s(), session.target_strings()), a.output);
+    return print_diagnosis(builder.build(session.window_s(), session.target_strings()), a.output);
 }
 
 int run_report(const std::string& file, const CommonArgs& a) {
@@ -169,26 +169,39 @@ int run_report(const std::string& file, const CommonArgs& a) {
     std::string line;
     int lineno = 0;
     std::int64_t first = 0, last = 0;
-    std::set<std::string> targets;
+    std::set<std::string> seen_servers;
+    // Session trailers (one per run appended to the file) give the windows
+    // and targets exactly as the live run had them.
+    double recorded_window = 0;
+    std::vector<std::string> recorded_targets;
     while (std::getline(in, line)) {
         ++lineno;
         if (line.empty()) continue;
         try {
-            auto r = record_from_json(nlohmann::json::parse(line));
+            auto j = nlohmann::json::parse(line);
+            if (j.value("schema", "") == kSessionSchema) {
+                recorded_window += j.value("window_s", 0.0);
+                for (const auto& t : j.value("targets", std::vector<std::string>{}))
+                    if (std::find(recorded_targets.begin(), recorded_targets.end(), t) == recorded_targets.end())
+                        recorded_targets.push_back(t);
+                continue;
+            }
+            auto r = record_from_json(j);
             if (!first || r.wall_ms < first) first = r.wall_ms;
             last = std::max(last, r.wall_ms + r.duration_ms);
-            targets.insert(r.server.str());
+            seen_servers.insert(r.server.str());
             builder.add(r);
         } catch (const std::exception& e) {
             throw std::runtime_error(fmt::format("{}:{}: {}", file, lineno, e.what()));
         }
     }
-    double window = first ? (last - first) / 1000.0 : 0;
-    // The targets the recording was made with (the same defaults as live),
-    // plus any other server that appears in it.
-    std::vector<std::string> all;
-    for (const auto& t : session_options(a, std::nullopt).targets) all.push_back(t.str());
-    for (const auto& t : targets)
+    double window = recorded_window > 0 ? recorded_window : first ? (last - first) / 1000.0 : 0;
+    // Without a trailer (a killed run): the targets given here (the same
+    // defaults as live), plus any other server that appears in the file.
+    std::vector<std::string> all = recorded_targets;
+    if (all.empty())
+        for (const auto& t : session_options(a, std::nullopt).targets) all.push_back(t.str());
+    for (const auto& t : seen_servers)
         if (std::find(all.begin(), all.end(), t) == all.end()) all.push_back(t);
     return print_diagnosis(builder.build(window, all), output);
 }

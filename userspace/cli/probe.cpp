@@ -221,7 +221,7 @@ int run_probe(const ProbeArgs& a, SessionOptions opts, const std::string& output
     if (mine.empty()) mine = records;  // NAT hid the socket's address: keep the window's transactions
     DiagnosisBuilder builder;
     for (const auto& r : mine) builder.add(r);
-    auto d = builder.build(session.elapsed_s(), session.target_strings());
+    auto d = builder.build(session.window_s(), session.target_strings());
     bool any_step_failed = std::any_of(step_lines.begin(), step_lines.end(), [](const nlohmann::json& s) {
         return s["status"].is_null() || s["status"].get<int>() >= 400;
     });

@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 #include <time.h>
 
+#include <cmath>
 #include <deque>
 #include <fstream>
 #include <set>
@@ -63,6 +64,7 @@ struct Session::Impl {
     std::uint64_t start_mono = 0;
     std::int64_t start_unix_ms = 0;
     std::uint64_t malformed = 0;
+    std::optional<double> window_s;
     std::unique_ptr<PcapWriter> pcap;
     std::unique_ptr<Metrics> metrics;
     std::unique_ptr<MetricsServer> metrics_server;
@@ -282,6 +284,15 @@ void Session::run(const std::atomic<bool>& stop, const RecordSink& sink, const s
     impl.tracer->poll(0);
     impl.correlator->flush();
     deliver();
+    impl.window_s = std::round(elapsed_s() * 1000) / 1000;
+    // A trailer so `report` knows the window and the targets of this run.
+    if (impl.events.is_open())
+        impl.events << nlohmann::json{{"schema", kSessionSchema},
+                                      {"ts", iso8601_ms(impl.start_unix_ms)},
+                                      {"window_s", *impl.window_s},
+                                      {"targets", target_strings()}}
+                           .dump()
+                    << std::endl;
 }
 
 int Session::metrics_port() const { return impl_->metrics_server ? impl_->metrics_server->port() : -1; }
@@ -289,6 +300,8 @@ int Session::metrics_port() const { return impl_->metrics_server ? impl_->metric
 std::size_t Session::open_connections() const {
     return impl_->correlator ? impl_->correlator->open_connections() : 0;
 }
+
+double Session::window_s() const { return impl_->window_s.value_or(elapsed_s()); }
 
 double Session::elapsed_s() const { return (monotonic_ns() - impl_->start_mono) / 1e9; }
 

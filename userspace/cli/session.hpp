@@ -59,6 +59,9 @@ public:
     std::size_t open_connections() const;
 
     double elapsed_s() const;
+    // The traced window: frozen when run() returns (what diagnose reports
+    // and the --events trailer records, so `report` prints the same).
+    double window_s() const;
     TracerCounters counters() const;
     std::vector<std::string> describe() const;  // what is attached where
     const SessionOptions& options() const { return opts_; }

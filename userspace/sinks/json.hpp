@@ -10,6 +10,8 @@ namespace imdstrace {
 
 inline constexpr const char* kTransactionSchema = "imdstrace.transaction/v1";
 inline constexpr const char* kDiagnosisSchema = "imdstrace.diagnosis/v1";
+// The last line of an --events file: the run's window and targets.
+inline constexpr const char* kSessionSchema = "imdstrace.session/v1";
 
 nlohmann::json to_json(const TransactionRecord& r);
 // Throws std::runtime_error naming the missing/invalid field.

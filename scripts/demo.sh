@@ -26,19 +26,23 @@ cmake --build build -j"$(nproc)" --target imdstrace imds-emulator imds-client >/
 PREFIX="imdst-demo$$"
 trap 'scripts/testbed.sh down --prefix "$PREFIX" >/dev/null 2>&1 || true; rm -f "/tmp/$PREFIX.ready"' EXIT
 export TESTBED_QUIET=1
-scripts/testbed.sh up --prefix "$PREFIX" --hop-limit "$HOP" --pods 2 --emulator build/tests/testbed/imds-emulator
+# A node laid out like a real one: kubepods cgroups (systemd driver, containerd) and
+# /var/log/pods under a host root, so the pods are named from the node alone.
+scripts/testbed.sh up --prefix "$PREFIX" --hop-limit "$HOP" --pod vpc --pod bridge --pod hostnet \
+  --kubepods systemd --emulator build/tests/testbed/imds-emulator
 . "/run/imdstrace-testbed/$PREFIX/env"
 
-echo "== testbed: IMDS emulator with httpPutResponseHopLimit=$HOP; pods testbed/pod1, testbed/pod2 (VPC-CNI style, 1 hop); a host-network process"
+echo "== testbed: IMDS emulator with httpPutResponseHopLimit=$HOP; pods $POD1_NAMESPACE/$POD1_NAME (VPC-CNI, 1 hop),"
+echo "   $POD2_NAMESPACE/$POD2_NAME (bridge + masquerade, 1 hop), $POD3_NAMESPACE/$POD3_NAME (host network); a host process"
 echo "== imdstrace diagnose, in the node's network namespace:"
-echo "   imdstrace diagnose --duration 10 --cgroup $CGROUP_DIR --pods static:$PODS_JSON"
+echo "   imdstrace diagnose --duration 10 --pods k8s-node --host-root $HOST_ROOT --cgroup $CGROUP_DIR"
 nsenter --net="$NODE_NETNS_PATH" build/imdstrace diagnose --duration 10 -o "$OUTPUT" \
-  --cgroup "$CGROUP_DIR" --pods "static:$PODS_JSON" --ready-file "/tmp/$PREFIX.ready" &
+  --cgroup "$CGROUP_DIR" --pods k8s-node --host-root "$HOST_ROOT" --ready-file "/tmp/$PREFIX.ready" &
 TRACER=$!
 for _ in $(seq 100); do [ -f "/tmp/$PREFIX.ready" ] && break; sleep 0.1; done
 
 # What aws-load-balancer-controller does at start-up: IMDSv2 token, then mac and vpc-id.
-for who in "--pod 1" "--pod 2" "--host"; do
+for who in "--pod 1" "--pod 2" "--pod 3" "--host"; do
   # shellcheck disable=SC2086
   scripts/testbed.sh exec --prefix "$PREFIX" $who -- build/tests/testbed/imds-client >/dev/null 2>&1 &
 done

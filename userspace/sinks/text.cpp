@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <ctime>
 
 namespace imdstrace {
@@ -57,15 +58,18 @@ std::string format_diagnosis(const Diagnosis& d, TextStyle style) {
         out += "\nNo metadata traffic seen. Is anything on this node calling IMDS? Try `imdstrace probe`.\n";
         return out;
     }
-    out += fmt::format("\n{:<18}  {:<40}  {:>4}  {:>5}  {:>3}  {}\n", "VERDICT", "POD", "HOPS", "NEEDS", "TX",
+    // The pod column fits the longest name (up to 72): names are what people read.
+    std::size_t width = 3;
+    for (const auto& p : d.pods) width = std::max(width, std::min<std::size_t>(p.subject.size(), 72));
+    out += fmt::format("\n{:<18}  {:<{}}  {:>4}  {:>5}  {:>3}  {}\n", "VERDICT", "POD", width, "HOPS", "NEEDS", "TX",
                        "TRANSACTIONS BY VERDICT");
     for (const auto& p : d.pods) {
         std::string by;
         for (const auto& [v, n] : p.verdicts) by += fmt::format("{}{} {}", by.empty() ? "" : ", ", n, to_string(v));
         std::string who = p.subject;
-        if (who.size() > 40) who = who.substr(0, 37) + "...";
-        out += fmt::format("{}  {:<40}  {:>4}  {:>5}  {:>3}  {}\n",
-                           paint(fmt::format("{:<18}", to_string(p.verdict)), p.verdict, style), who, opt(p.hops),
+        if (who.size() > width) who = who.substr(0, width - 3) + "...";
+        out += fmt::format("{}  {:<{}}  {:>4}  {:>5}  {:>3}  {}\n",
+                           paint(fmt::format("{:<18}", to_string(p.verdict)), p.verdict, style), who, width, opt(p.hops),
                            opt(p.required_hop_limit), p.transactions, by);
     }
     auto indent_fix = [](std::string fix) {

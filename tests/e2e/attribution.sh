@@ -60,6 +60,15 @@ scenario_k8s_node() {
     tracer_wait
     expect_eq "diagnose exits 3 (the nested pod)" "$TRACER_RC" "3"
     check_pods "$WORK/d.json" "$WORK/ev.jsonl"
+    # probe --pod finds the pod through the same resolver (k8s-node, no mapping file).
+    "$TESTBED" exec --prefix "$PREFIX" --pod 1 -- sleep 30 >/dev/null 2>&1 &
+    for _ in $(seq 50); do [[ -n "$(cat "$POD1_CONTAINER_CGROUP/cgroup.procs" 2>/dev/null)" ]] && break; sleep 0.1; done
+    local rc=0
+    in_node "$IMDSTRACE" probe --pod "$POD1_NAMESPACE/$POD1_NAME" --pods k8s-node --host-root "$HOST_ROOT" \
+        --cgroup "$CGROUP_DIR" -o json >"$WORK/probe.json" 2>"$WORK/probe.err" || rc=$?
+    expect_eq "probe --pod with --pods k8s-node: healthy at hop limit 2" "$rc" "0"
+    expect_jq "probe's transactions are the pod's" "$WORK/probe.json" \
+        "[.transactions[].pod.name] | length > 0 and all(. == \"$POD1_NAME\")"
 }
 
 scenario_k8s_api() {

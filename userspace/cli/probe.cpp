@@ -55,7 +55,25 @@ std::optional<int> first_pid_in(const fs::path& dir) {
     return std::nullopt;
 }
 
+// A process of pod NS/NAME: the cgroup tree walked top-down, each directory
+// asked of the resolver (the same by_cgroup the tracer attributes with, so
+// every --pods mode works), the first one of that pod with a process wins.
+std::optional<int> pid_of_pod(const std::string& mount, PodResolver& pods, const std::string& ns,
+                              const std::string& name) {
+    std::error_code ec;
+    for (auto it = fs::recursive_directory_iterator(mount, fs::directory_options::skip_permission_denied, ec);
+         !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+        if (!it->is_directory(ec)) continue;
+        auto pod = pods.by_cgroup(it->path().string().substr(mount.size()));
+        if (!pod || pod->namespace_ != ns || pod->name != name) continue;
+        if (auto pid = first_pid_in(it->path())) return pid;
+        it.disable_recursion_pending();
+    }
+    return std::nullopt;
+}
+
 Place resolve_place(const ProbeArgs& a, const std::string& cgroup_mount, PodResolver* pods) {
+    if (!a.pod.empty() && !pods) throw UsageError("--pod needs a pod resolver (--pods)");
     int chosen = (!a.pod.empty()) + (!a.netns.empty()) + (a.pid > 0) + a.host;
     if (chosen == 0)
         throw UsageError("probe needs where to probe from: --pod NS/NAME, --netns PATH or --pid PID "
@@ -71,11 +89,10 @@ Place resolve_place(const ProbeArgs& a, const std::string& cgroup_mount, PodReso
     if (!a.pod.empty()) {
         auto slash = a.pod.find('/');
         if (slash == std::string::npos) throw UsageError("--pod expects NAMESPACE/NAME, got \"" + a.pod + "\"");
-        auto pod = pods ? pods->by_name(a.pod.substr(0, slash), a.pod.substr(slash + 1)) : std::nullopt;
-        if (!pod) throw UsageError("--pod " + a.pod + ": not found by the pod resolver (check --pods)");
-        if (pod->cgroup.empty()) throw UsageError("--pod " + a.pod + ": the resolver knows no cgroup for it");
-        auto p = first_pid_in(fs::path(cgroup_mount + pod->cgroup));
-        if (!p) throw UsageError("--pod " + a.pod + ": no process in its cgroup " + pod->cgroup);
+        auto p = pid_of_pod(cgroup_mount, *pods, a.pod.substr(0, slash), a.pod.substr(slash + 1));
+        if (!p)
+            throw UsageError("--pod " + a.pod + ": no process of that pod under " + cgroup_mount +
+                             " (check the name and --pods; `imdstrace watch` shows the names it resolves)");
         pid = *p;
         label = "pod " + a.pod + " (pid " + std::to_string(pid) + ")";
     } else {
@@ -128,13 +145,7 @@ int run_probe(const ProbeArgs& a, SessionOptions opts, const std::string& output
 
     auto mount = find_cgroup2_mount(opts.host_root).value_or("/sys/fs/cgroup");
     std::unique_ptr<PodResolver> pods;
-    if (opts.pods.starts_with("static:")) {
-        try {
-            pods = make_static_resolver(opts.pods.substr(7));
-        } catch (const std::exception& e) {
-            throw UsageError(std::string("--pods: ") + e.what());
-        }
-    }
+    if (!a.pod.empty()) pods = make_pod_resolver(opts, mount);
     Place place = resolve_place(a, mount, pods.get());
 
     // Fork before any thread exists; the child waits for the tracer.

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <deque>
+#include <unordered_map>
 #include <fstream>
 #include <set>
 
@@ -39,14 +40,44 @@ std::optional<std::string> find_cgroup2_mount(const std::string& host_root) {
     std::ifstream mounts("/proc/self/mounts");
     std::string dev, dir, type, rest;
     std::string root = host_root == "/" ? "" : host_root;
-    std::optional<std::string> found;
+    std::optional<std::string> found, ours;
     while (mounts >> dev >> dir >> type && std::getline(mounts, rest)) {
         if (type != "cgroup2") continue;
-        if (!root.empty() && !dir.starts_with(root)) continue;
         // Prefer the canonical place when several are mounted.
-        if (!found || dir == root + "/sys/fs/cgroup") found = dir;
+        if (!ours || dir == "/sys/fs/cgroup") ours = dir;
+        if (!root.empty() && dir.starts_with(root) && (!found || dir == root + "/sys/fs/cgroup")) found = dir;
     }
-    return found;
+    // A --host-root without a cgroup2 mount of its own (a copied tree, a
+    // test) still runs on the cgroups of this kernel, as seen from here.
+    return root.empty() || !found ? ours : found;
+}
+
+std::unique_ptr<PodResolver> make_pod_resolver(const SessionOptions& opts, const std::string& cgroup_mount) {
+    const std::string& pods = opts.pods;
+    if (pods.starts_with("static:")) {
+        try {
+            return make_static_resolver(pods.substr(7));
+        } catch (const std::exception& e) {
+            throw UsageError(std::string("--pods: ") + e.what());
+        }
+    }
+    if (pods == "none") return make_null_resolver();
+    if (pods == "k8s-node" || pods == "k8s-api" || pods == "auto") {
+        PodResolverSettings ps;
+        ps.host_root = opts.host_root;
+        ps.kubeconfig = opts.kubeconfig;
+        // Cgroup paths handed to the resolver are relative to this mount.
+        ps.cgroup_mount = cgroup_mount;
+        std::unique_ptr<PodResolver> r;
+        try {
+            r = make_k8s_resolver(pods, ps);
+        } catch (const std::exception& e) {
+            throw UsageError("--pods " + pods + ": " + e.what());
+        }
+        spdlog::info("pods: {}", r->describe());
+        return r;
+    }
+    throw UsageError("--pods must be auto, k8s-node, k8s-api, static:FILE or none (got \"" + pods + "\")");
 }
 
 struct Session::Impl {
@@ -69,12 +100,18 @@ struct Session::Impl {
     std::unique_ptr<Metrics> metrics;
     std::unique_ptr<MetricsServer> metrics_server;
 
-    std::string ifname(std::uint32_t ifindex) const {
-        for (const auto& u : uplinks)
-            if (static_cast<std::uint32_t>(u.ifindex) == ifindex) return u.name;
+    // Interface names for the pcap, resolved once per ifindex (not a
+    // syscall per packet).
+    std::unordered_map<std::uint32_t, std::string> ifnames;
+    std::string ifname(std::uint32_t ifindex) {
+        if (auto it = ifnames.find(ifindex); it != ifnames.end()) return it->second;
+        auto up = std::find_if(uplinks.begin(), uplinks.end(),
+                               [ifindex](const Interface& u) { return static_cast<std::uint32_t>(u.ifindex) == ifindex; });
         char buf[IF_NAMESIZE] = {};
-        if (if_indextoname(ifindex, buf)) return buf;
-        return "if" + std::to_string(ifindex);
+        std::string name = up != uplinks.end()            ? up->name
+                           : if_indextoname(ifindex, buf) ? std::string(buf)
+                                                          : "if" + std::to_string(ifindex);
+        return ifnames[ifindex] = name;
     }
 
     std::int64_t wall_ms(std::uint64_t mono_ns) const {
@@ -97,34 +134,9 @@ std::vector<std::string> Session::target_strings() const {
 void Session::start() {
     auto& impl = *impl_;
     // Pods first: a bad mapping file is a usage error, before touching the kernel.
-    const std::string& pods = opts_.pods;
-    if (pods.starts_with("static:")) {
-        try {
-            impl.pods = make_static_resolver(pods.substr(7));
-        } catch (const std::exception& e) {
-            throw UsageError(std::string("--pods: ") + e.what());
-        }
-    } else if (pods == "none") {
-        impl.pods = make_null_resolver();
-    } else if (pods == "k8s-node" || pods == "k8s-api" || pods == "auto") {
-        PodResolverSettings ps;
-        ps.host_root = opts_.host_root;
-        ps.kubeconfig = opts_.kubeconfig;
-        // The cgroup paths handed to the resolver are relative to this mount
-        // (the same one CgroupPaths uses below); with a --host-root that has
-        // no cgroup2 mount of its own (test trees), the one we see.
-        auto m = find_cgroup2_mount(opts_.host_root);
-        if (!m) m = find_cgroup2_mount("/");
-        ps.cgroup_mount = m.value_or((opts_.host_root == "/" ? "" : opts_.host_root) + "/sys/fs/cgroup");
-        try {
-            impl.pods = make_k8s_resolver(pods, ps);
-        } catch (const std::exception& e) {
-            throw UsageError("--pods " + pods + ": " + e.what());
-        }
-        spdlog::info("pods: {}", impl.pods->describe());
-    } else {
-        throw UsageError("--pods must be auto, k8s-node, k8s-api, static:FILE or none (got \"" + pods + "\")");
-    }
+    const auto mount = find_cgroup2_mount(opts_.host_root);
+    impl.pods = make_pod_resolver(opts_, mount.value_or(
+        (opts_.host_root == "/" ? "" : opts_.host_root) + "/sys/fs/cgroup"));
 
     // Uplinks: named, or the interfaces the routing table uses for the targets.
     if (!opts_.ifaces.empty()) {
@@ -150,10 +162,6 @@ void Session::start() {
     }
 
     // cgroup v2 directory for the socket hooks.
-    auto mount = find_cgroup2_mount(opts_.host_root);
-    // A --host-root without a cgroup2 mount of its own (a copied tree, a
-    // test) still runs on this kernel's cgroups.
-    if (!mount) mount = find_cgroup2_mount("/");
     if (opts_.cgroup == "none") {
         impl.cgroup_dir.clear();
     } else if (opts_.cgroup.empty()) {
@@ -226,7 +234,7 @@ void Session::start() {
     impl.start_mono = monotonic_ns();
     impl.start_unix_ms = unix_ms_now();
     impl.tracer = Tracer::start(tc, impl.features, [this](std::span<const std::uint8_t> rec) {
-        auto o = decode_event(rec);
+        auto o = decode_event(rec, impl_->pcap != nullptr);
         if (!o) {
             ++impl_->malformed;
             return;
@@ -255,6 +263,7 @@ void Session::run(const std::atomic<bool>& stop, const RecordSink& sink, const s
                   double quiet_s) {
     auto& impl = *impl_;
     std::uint64_t last_activity = monotonic_ns();
+    std::uint64_t last_counters = 0;
     auto deliver = [&] {
         if (!impl.pending.empty()) last_activity = monotonic_ns();
         while (!impl.pending.empty()) {
@@ -273,7 +282,11 @@ void Session::run(const std::atomic<bool>& stop, const RecordSink& sink, const s
         auto now = monotonic_ns();
         impl.correlator->expire(now);
         deliver();
-        if (impl.metrics) impl.metrics->set_events_lost(impl.tracer->counters().lost);
+        // The loss counter is 32 map reads: once a second is plenty.
+        if (impl.metrics && now - last_counters >= 1'000'000'000ULL) {
+            impl.metrics->set_events_lost(impl.tracer->counters().lost);
+            last_counters = now;
+        }
         if (quiet && now - last_activity >= static_cast<std::uint64_t>(quiet_s * 1e9)) {
             quiet();
             last_activity = now;

@@ -39,8 +39,12 @@ struct UsageError : std::runtime_error {
 };
 
 std::vector<Endpoint> default_targets();
-// The cgroup2 mount point under host_root, from /proc/self/mounts.
+// The cgroup2 mount point under host_root, from /proc/self/mounts; when
+// host_root has none of its own, the one this process sees.
 std::optional<std::string> find_cgroup2_mount(const std::string& host_root = "/");
+// The resolver --pods names (UsageError for a bad value or mapping file);
+// cgroup paths it is given are relative to cgroup_mount.
+std::unique_ptr<PodResolver> make_pod_resolver(const SessionOptions& opts, const std::string& cgroup_mount);
 
 class Session {
 public:

@@ -28,7 +28,7 @@ bool Observation::is_time_exceeded() const {
     return flow.server.addr.is_v4() ? icmp_type == 11 : icmp_type == 3;
 }
 
-std::optional<Observation> decode_event(std::span<const std::uint8_t> record) {
+std::optional<Observation> decode_event(std::span<const std::uint8_t> record, bool redacted_head) {
     if (record.size() < sizeof(imds_event)) return std::nullopt;
     imds_event e;
     std::memcpy(&e, record.data(), sizeof(e));
@@ -74,7 +74,7 @@ std::optional<Observation> decode_event(std::span<const std::uint8_t> record) {
         std::span<const std::uint8_t> payload(e.payload, copied);
         if (o.direction == Direction::to_target) o.request = parse_http_request(payload);
         else o.response = parse_http_response(payload);
-        if (o.request || o.response) o.redacted_head = redact_http_head(payload);
+        if (redacted_head && (o.request || o.response)) o.redacted_head = redact_http_head(payload);
     }
     return o;
 }

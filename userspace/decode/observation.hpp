@@ -73,6 +73,8 @@ struct Observation {
 };
 
 // Decode one ring-buffer record; nullopt for a malformed/short record.
-std::optional<Observation> decode_event(std::span<const std::uint8_t> record);
+// `redacted_head`: also build Observation::redacted_head (only the pcap
+// writer reads it; skipped otherwise, it is per-event string work).
+std::optional<Observation> decode_event(std::span<const std::uint8_t> record, bool redacted_head = true);
 
 }  // namespace imdstrace

@@ -48,10 +48,6 @@ public:
     virtual std::optional<PodInfo> by_cgroup(const std::string& cgroup_path) = 0;
     virtual std::optional<PodInfo> by_ip(const IpAddr& addr) = 0;
     virtual std::string describe() const = 0;
-    // For `probe --pod NS/NAME`; resolvers that cannot list pods say nullopt.
-    virtual std::optional<PodInfo> by_name(const std::string& /*ns*/, const std::string& /*name*/) {
-        return std::nullopt;
-    }
 };
 
 // --pods static:FILE (format: ../shared/DESIGN.md).  Throws std::runtime_error

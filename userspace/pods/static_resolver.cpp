@@ -34,12 +34,6 @@ public:
         return std::nullopt;
     }
 
- std::optional<PodInfo> by_name(const std::string& ns, const std::string& name) override {
-        for (const auto& p : pods_)
-            if (p.namespace_ == ns && p.name == name) return p;
-        return std::nullopt;
-    }
-
     std::string describe() const override { return "static:" + origin_ + " (" + std::to_string(pods_.size()) + " pods)"; }
 
 private:

@@ -160,6 +160,29 @@ have_ipv6() {
 # ---------------------------------------------------------------------------------------------
 # emulator
 
+# start_daemon WHAT NETNS BASE BIN ARGS...: run BIN in NETNS in the background with
+# --pidfile BASE.pid --ready-file BASE.ready (log BASE.log), wait until it is ready
+start_daemon() {
+    _what=$1
+    _dns=$2
+    _base=$3
+    _dbin=$4
+    shift 4
+    $NSENTER --net="$NETNS_DIR/$_dns" -- "$_dbin" "$@" --pidfile "$_base.pid" --ready-file "$_base.ready" \
+        </dev/null >>"$_base.log" 2>&1 &
+    _bg=$!
+    _wait=0
+    while [ ! -f "$_base.ready" ]; do
+        if ! pid_alive "$_bg"; then
+            tail -n 5 "$_base.log" >&2 2>/dev/null
+            die "$_what exited during startup (log: $_base.log)"
+        fi
+        _wait=$((_wait + 1))
+        [ $_wait -lt 100 ] || die "$_what not ready after 10s (log: $_base.log)"
+        snooze
+    done
+}
+
 # find_build_tool NAME: a testbed program in this checkout's build tree, else on PATH
 find_build_tool() {
     _sd=$(cd "$(dirname "$0")" 2>/dev/null && pwd) || _sd=.
@@ -227,20 +250,7 @@ start_emulator() {
         --endpoint "$(cat "$_s/endpoint")" --rate-limit "$(cat "$_s/rate_limit")" \
         --listen "$IMDS_IP4:80"
     have_ipv6 && set -- "$@" --listen "[$IMDS_IP6]:80"
-    $NSENTER --net="$NETNS_DIR/$_ens" -- "$_emu" "$@" \
-        --pidfile "$_s/emulator.pid" --ready-file "$_s/emulator.ready" \
-        </dev/null >>"$_s/emulator.log" 2>&1 &
-    _bg=$!
-    _i=0
-    while [ ! -f "$_s/emulator.ready" ]; do
-        if ! pid_alive "$_bg"; then
-            tail -n 5 "$_s/emulator.log" >&2 2>/dev/null
-            die "emulator exited during startup (log: $_s/emulator.log)"
-        fi
-        _i=$((_i + 1))
-        [ $_i -lt 100 ] || die "emulator not ready after 10s (log: $_s/emulator.log)"
-        snooze
-    done
+    start_daemon emulator "$_ens" "$_s/emulator" "$_emu" "$@"
     note "emulator pid $(cat "$_s/emulator.pid") in netns $_ens (hop limit $(cat "$_s/hop_limit"))"
 }
 
@@ -920,19 +930,7 @@ inject_ttl_datapath() {
         --prio "$TTL_DATAPATH_PRIO" --handle "$_i"
     [ "$(cat "$_s/ipv6")" = 1 ] && set -- "$@" --pod-ip6 "$(pget "$_s" $_i ip6)"
     rm -f "$_b.pid" "$_b.ready"
-    $NSENTER --net="$NETNS_DIR/$_nn" -- "$_bin" "$@" --pidfile "$_b.pid" --ready-file "$_b.ready" \
-        </dev/null >>"$_b.log" 2>&1 &
-    _bg=$!
-    _w=0
-    while [ ! -f "$_b.ready" ]; do
-        if ! pid_alive "$_bg"; then
-            tail -n 5 "$_b.log" >&2 2>/dev/null
-            die "ttl-datapath exited during startup (log: $_b.log)"
-        fi
-        _w=$((_w + 1))
-        [ $_w -lt 100 ] || die "ttl-datapath not ready after 10s (log: $_b.log)"
-        snooze
-    done
+    start_daemon ttl-datapath "$_nn" "$_b" "$_bin" "$@"
     : >"$_b"
     note "ttl-datapath pid $(cat "$_b.pid") on uplink0 ingress for pod $_i"
 }

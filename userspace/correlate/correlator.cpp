@@ -148,6 +148,17 @@ void Correlator::on_connect(const Observation& o) {
     by_cookie_[o.sk_cookie] = Connector{ProcessInfo{o.pid, o.comm}, o.cgroup_id};
 }
 
+// The exchange a packet from the target (or a drop/ICMP quote of one)
+// belongs to: the one already holding its sequence number (a
+// retransmission), else the oldest request not answered yet.
+Correlator::Exchange& Correlator::answered_by(Connection& c, std::uint32_t seq) {
+    for (auto& e : c.exchanges)
+        if (e.response_seq == seq) return e;
+    for (auto& e : c.exchanges)
+        if (e.request && !e.response_seq) return e;
+    return current(c);
+}
+
 void Correlator::observe(const Observation& o) {
     if (o.hook == Hook::connect) {
         on_connect(o);
@@ -235,18 +246,7 @@ void Correlator::on_from_target(Connection& c, const Observation& o) {
         current(c).end_ns = std::max(current(c).end_ns, o.ts_ns);
         return;
     }
-    // The exchange this response answers: the one already holding its
-    // sequence number (a retransmission), else the oldest unanswered request.
-    Exchange* x = nullptr;
-    for (auto& e : c.exchanges)
-        if (e.response_seq == o.seq) x = &e;
-    if (!x)
-        for (auto& e : c.exchanges)
-            if (e.request && !e.response_seq) {
-                x = &e;
-                break;
-            }
-    if (!x) x = &current(c);
+    Exchange* x = &answered_by(c, o.seq);
     x->end_ns = std::max(x->end_ns, o.ts_ns);
     if (o.hook == Hook::uplink_ingress) {
         if (x->response_at_uplink && x->response_seq == o.seq) ++x->retransmits;
@@ -266,11 +266,7 @@ void Correlator::on_from_target(Connection& c, const Observation& o) {
 
 void Correlator::on_drop(Connection& c, const Observation& o) {
     const bool response = o.direction == Direction::from_target;
-    Exchange* x = nullptr;
-    if (response)
-        for (auto& e : c.exchanges)
-            if (e.response_seq == o.seq || (e.request && !e.response_seq && !x)) x = &e;
-    if (!x) x = &current(c);
+    Exchange* x = response ? &answered_by(c, o.seq) : &current(c);
     x->end_ns = std::max(x->end_ns, o.ts_ns);
     DropRecord d;
     d.reason = o.drop_reason ? reasons_(*o.drop_reason) : std::string{};
@@ -287,16 +283,7 @@ void Correlator::on_drop(Connection& c, const Observation& o) {
 
 void Correlator::on_icmp(Connection& c, const Observation& o) {
     if (!o.is_time_exceeded()) return;
-    Exchange* x = nullptr;
-    for (auto& e : c.exchanges)
-        if (e.response_seq == o.seq) x = &e;
-    if (!x)
-        for (auto& e : c.exchanges)
-            if (e.request && !e.delivered) {
-                x = &e;
-                break;
-            }
-    if (!x) x = &current(c);
+    Exchange* x = &answered_by(c, o.seq);
     x->end_ns = std::max(x->end_ns, o.ts_ns);
     if (o.hook == Hook::icmp_send) ++x->icmp_sent;
     else ++x->icmp_at_uplink;

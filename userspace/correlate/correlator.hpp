@@ -62,6 +62,7 @@ private:
     void on_icmp(Connection& c, const Observation& o);
     void on_connect(const Observation& o);
     Exchange& current(Connection& c);
+    Exchange& answered_by(Connection& c, std::uint32_t seq);
     void finish(Connection& c);
     Transaction to_transaction(const Connection& c, const Exchange& x) const;
     void forget(std::uint64_t id);

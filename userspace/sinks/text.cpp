@@ -1,6 +1,7 @@
 #include "sinks/text.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <ctime>
@@ -45,8 +46,7 @@ std::string format_transaction(const TransactionRecord& r, TextStyle style) {
 
 std::string format_diagnosis(const Diagnosis& d, TextStyle style) {
     std::string out;
-    std::string targets;
-    for (const auto& t : d.targets) targets += (targets.empty() ? "" : ", ") + t;
+    std::string targets = fmt::format("{}", fmt::join(d.targets, ", "));
     out += fmt::format("imdstrace diagnosis: {} transaction{} in {:.0f} s to {}\n", d.transactions,
                        d.transactions == 1 ? "" : "s", d.window_s, targets);
     if (d.hop_limit_observed)
@@ -78,8 +78,7 @@ std::string format_diagnosis(const Diagnosis& d, TextStyle style) {
         return fix;
     };
     for (const auto& w : d.warnings) {
-        std::string pods;
-        for (const auto& p : w.pods) pods += (pods.empty() ? "" : ", ") + p;
+        std::string pods = fmt::format("{}", fmt::join(w.pods, ", "));
         out += fmt::format("\n{} {}\n  {}\n  fix:   {}\n", style.color ? "\033[1;33mWARNING\033[0m" : "WARNING", pods,
                            w.message, indent_fix(w.fix));
     }
@@ -89,16 +88,10 @@ std::string format_diagnosis(const Diagnosis& d, TextStyle style) {
         return out;
     }
     for (const auto& f : d.findings) {
-        std::string pods;
-        for (const auto& p : f.pods) pods += (pods.empty() ? "" : ", ") + p;
+        std::string pods = fmt::format("{}", fmt::join(f.pods, ", "));
         out += fmt::format("\n{} {}\n", paint(std::string(to_string(f.verdict)), f.verdict, style), pods);
         out += fmt::format("  evidence: {}\n", f.evidence);
-        if (!f.fix.empty()) {
-            std::string fix = f.fix;
-            for (std::size_t pos = 0; (pos = fix.find('\n', pos)) != std::string::npos; pos += 7)
-                fix.replace(pos, 1, "\n       ");
-            out += fmt::format("  fix:   {}\n", fix);
-        }
+        if (!f.fix.empty()) out += fmt::format("  fix:   {}\n", indent_fix(f.fix));
     }
     return out;
 }

@@ -1,6 +1,7 @@
 #include "verdict/diagnosis.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 
@@ -158,8 +159,7 @@ Diagnosis DiagnosisBuilder::build(double window_s, std::vector<std::string> targ
             if (!drops.empty()) f.evidence += "; kernel: " + drops;
             if (icmp) f.evidence += fmt::format("; {} ICMP time exceeded sent back to IMDS", icmp);
             if (!fallback_pods.empty()) {
-                std::string names;
-                for (const auto& n : fallback_pods) names += (names.empty() ? "" : ", ") + n;
+                std::string names = fmt::format("{}", fmt::join(fallback_pods, ", "));
                 f.evidence += fmt::format("; IMDSv1 requests without a token still succeed for {}: they will fail "
                                           "too once httpTokens is required",
                                           names);
@@ -179,8 +179,7 @@ Diagnosis DiagnosisBuilder::build(double window_s, std::vector<std::string> targ
                         std::find(f.pods.begin(), f.pods.end(), r.subject()) != f.pods.end())
                         after_hop.insert(r.subject());
                 if (!after_hop.empty()) {
-                    std::string names;
-                    for (const auto& n : after_hop) names += (names.empty() ? "" : ", ") + n;
+                    std::string names = fmt::format("{}", fmt::join(after_hop, ", "));
                     f.evidence += fmt::format("; for {} these IMDSv1 requests came after the token requests failed with "
                                               "HOP_LIMIT_EXCEEDED (the SDK's fallback): fix the hop limit first",
                                               names);

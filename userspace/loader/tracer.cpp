@@ -151,7 +151,9 @@ private:
 
     void attach_legacy(int prog_fd) {
         bpf_tc_hook hook = make_hook();
-        int err = bpf_tc_hook_create(&hook);
+        // Ask first rather than provoke the kernel's "exclusivity flag"
+        // refusal (which libbpf logs as a warning).
+        int err = has_clsact(iface_.ifindex) ? -EEXIST : bpf_tc_hook_create(&hook);
         if (err && err != -EEXIST)
             throw std::runtime_error("cannot add a clsact qdisc to " + iface_.name + ": " + errstr(err) +
                                      " (needs CAP_NET_ADMIN and the sch_ingress module)");
@@ -217,11 +219,6 @@ int libbpf_to_spdlog(libbpf_print_level level, const char* fmt, va_list args) {
     text.resize(n);
     while (!text.empty() && text.back() == '\n') text.pop_back();
     if (text.starts_with("libbpf: ")) text.erase(0, 8);
-    // Expected answers to our own probes (does a clsact qdisc / our filter
-    // already exist?) are not worth a warning.
-    if (level == LIBBPF_WARN && (text.find("Exclusivity flag on") != std::string::npos ||
-                                 text.find("Cannot find specified filter chain") != std::string::npos))
-        level = LIBBPF_DEBUG;
     // The verifier log arrives as one multi-line message.
     std::size_t start = 0;
     while (start <= text.size()) {

@@ -132,6 +132,30 @@ std::optional<std::vector<TcFilter>> tc_filters(int ifindex, bool ingress) {
     return out;
 }
 
+bool has_clsact(int ifindex) {
+    struct {
+        nlmsghdr nh;
+        tcmsg tc;
+    } req{};
+    req.nh.nlmsg_len = NLMSG_LENGTH(sizeof(tcmsg));
+    req.nh.nlmsg_type = RTM_GETQDISC;
+    req.nh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    req.nh.nlmsg_seq = 1;
+    req.tc.tcm_family = AF_UNSPEC;
+    bool found = false;
+    netlink_round_trip(req.nh, [&found, ifindex](const nlmsghdr& nh) {
+        if (nh.nlmsg_type != RTM_NEWQDISC) return;
+        auto* tc = static_cast<const tcmsg*>(NLMSG_DATA(&nh));
+        if (tc->tcm_ifindex != ifindex) return;
+        int len = static_cast<int>(nh.nlmsg_len) - NLMSG_LENGTH(sizeof(tcmsg));
+        for (auto* a = reinterpret_cast<const rtattr*>(reinterpret_cast<const char*>(tc) + NLMSG_ALIGN(sizeof(tcmsg)));
+             RTA_OK(a, len); a = RTA_NEXT(a, len))
+            if (a->rta_type == TCA_KIND && std::strcmp(static_cast<const char*>(RTA_DATA(a)), "clsact") == 0)
+                found = true;
+    });
+    return found;
+}
+
 int tc_filter_count(int ifindex, bool ingress) {
     auto f = tc_filters(ifindex, ingress);
     return f ? static_cast<int>(f->size()) : -1;

@@ -36,6 +36,8 @@ struct TcFilter {
 // The tc filters under the clsact ingress or egress hook of an interface
 // (RTM_GETTFILTER dump); nullopt when the kernel cannot be asked.
 std::optional<std::vector<TcFilter>> tc_filters(int ifindex, bool ingress);
+// Whether the interface has a clsact qdisc.
+bool has_clsact(int ifindex);
 // Number of filter entries there; -1 when the kernel cannot be asked.
 int tc_filter_count(int ifindex, bool ingress);
 

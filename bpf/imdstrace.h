@@ -103,12 +103,4 @@ enum imds_counter {
 	IMDS_CNT_MAX = 4,
 };
 
-/* A configured endpoint: address (v4 in the first 4 bytes) and port. */
-struct imds_target {
-	__u8 addr[16];
-	__u16 port;   /* network order; 0 = any port */
-	__u8 family;  /* enum imds_family */
-	__u8 pad[5];
-};
-
 #endif /* IMDSTRACE_H */

@@ -100,6 +100,7 @@ need_tools() {
     command -v "${IP%% *}" >/dev/null 2>&1 || die "'$IP' not found: install iproute2 or set IP=/path/to/ip"
     $IP netns list >/dev/null 2>&1 || die "'$IP netns' does not work: need iproute2 (busybox ip lacks netns); set IP=..."
     command -v "${NSENTER%% *}" >/dev/null 2>&1 || die "'$NSENTER' not found: install util-linux or set NSENTER=/path/to/nsenter"
+    command -v jq >/dev/null 2>&1 || die "jq not found: install jq (the pod mappings are written with it)"
 }
 
 check_prefix() {
@@ -500,54 +501,46 @@ write_env() {
     } >"$_s/env.tmp" && mv "$_s/env.tmp" "$_s/env" || die "cannot write $_s/env"
 }
 
-# static pod mapping (imdstrace --pods static:FILE)
+# static pod mapping (imdstrace --pods static:FILE), written by jq so that
+# any byte in a name (a quote, a backslash) stays a valid JSON string
 write_pods_json() {
     _s=$1
     _n=$(cat "$_s/pods")
-    {
-        echo '['
-        _i=1
-        while [ "$_i" -le "$_n" ]; do
-            _sep=,
-            [ "$_i" -eq "$_n" ] && _sep=
-            printf '  {"namespace":"%s","name":"%s","uid":"%s","ips":[%s],"cgroup":"%s"}%s\n' \
-                "$(pget "$_s" $_i namespace)" "$(pget "$_s" $_i name)" "$(pget "$_s" $_i uid)" \
-                "$(pget "$_s" $_i ips)" "$(pget "$_s" $_i cgroup_rel)" "$_sep"
-            _i=$((_i + 1))
-        done
-        echo ']'
-    } >"$_s/pods.json" || die "cannot write $_s/pods.json"
+    _i=1
+    while [ "$_i" -le "$_n" ]; do
+        jq -n --arg namespace "$(pget "$_s" $_i namespace)" --arg name "$(pget "$_s" $_i name)" \
+            --arg uid "$(pget "$_s" $_i uid)" --argjson ips "[$(pget "$_s" $_i ips)]" \
+            --arg cgroup "$(pget "$_s" $_i cgroup_rel)" \
+            '{namespace: $namespace, name: $name, uid: $uid, ips: $ips, cgroup: $cgroup}' || exit 1
+        _i=$((_i + 1))
+    done | jq -s . >"$_s/pods.json" || die "cannot write $_s/pods.json"
 }
 
-# the pods as a Kubernetes API stand-in would serve them
+# the pods as a Kubernetes API stand-in would serve them (jq: names stay valid JSON)
 write_k8s_pods_json() {
     _s=$1
     _n=$(cat "$_s/pods")
     _rt=$(cat "$_s/runtime")
     case $_rt in crio) _scheme=cri-o ;; *) _scheme=$_rt ;; esac
-    {
-        echo '['
-        _i=1
-        while [ "$_i" -le "$_n" ]; do
-            _sep=,
-            [ "$_i" -eq "$_n" ] && _sep=
-            _hn=false
-            [ "$(pget "$_s" $_i kind)" = hostnet ] && _hn=true
-            _q=$(pget "$_s" $_i qos)
-            case $_q in besteffort) _q=BestEffort ;; guaranteed) _q=Guaranteed ;; *) _q=Burstable ;; esac
-            # the flat fields first; "ips", "node", "container", "container_id", "cgroup" repeat
-            # them in the static-mapping-with-extras form tests/testbed/k8s_api_standin reads
-            _ips=$(pget "$_s" $_i ips)
-            _cn=$(pget "$_s" $_i container_name)
-            _cid=$(pget "$_s" $_i container_id)
-            printf '  {"namespace":"%s","name":"%s","uid":"%s","nodeName":"%s","hostNetwork":%s,"podIPs":[%s],"qosClass":"%s","phase":"Running","containers":[{"name":"%s","containerID":"%s://%s"}],"ips":[%s],"node":"%s","container":"%s","container_id":"%s","cgroup":"%s"}%s\n' \
-                "$(pget "$_s" $_i namespace)" "$(pget "$_s" $_i name)" "$(pget "$_s" $_i uid)" \
-                "$NODE_NAME" "$_hn" "$_ips" "$_q" "$_cn" "$_scheme" "$_cid" \
-                "$_ips" "$NODE_NAME" "$_cn" "$_cid" "$(pget "$_s" $_i cgroup_rel)" "$_sep"
-            _i=$((_i + 1))
-        done
-        echo ']'
-    } >"$_s/k8s-pods.json" || die "cannot write $_s/k8s-pods.json"
+    _i=1
+    while [ "$_i" -le "$_n" ]; do
+        _hn=false
+        [ "$(pget "$_s" $_i kind)" = hostnet ] && _hn=true
+        _q=$(pget "$_s" $_i qos)
+        case $_q in besteffort) _q=BestEffort ;; guaranteed) _q=Guaranteed ;; *) _q=Burstable ;; esac
+        # the flat fields first; "ips", "node", "container", "container_id", "cgroup" repeat
+        # them in the static-mapping-with-extras form tests/testbed/k8s_api_standin reads
+        jq -n --arg namespace "$(pget "$_s" $_i namespace)" --arg name "$(pget "$_s" $_i name)" \
+            --arg uid "$(pget "$_s" $_i uid)" --arg node "$NODE_NAME" --argjson hostnet "$_hn" \
+            --argjson ips "[$(pget "$_s" $_i ips)]" --arg qos "$_q" --arg cn "$(pget "$_s" $_i container_name)" \
+            --arg scheme "$_scheme" --arg cid "$(pget "$_s" $_i container_id)" \
+            --arg cgroup "$(pget "$_s" $_i cgroup_rel)" \
+            '{namespace: $namespace, name: $name, uid: $uid, nodeName: $node, hostNetwork: $hostnet,
+              podIPs: $ips, qosClass: $qos, phase: "Running",
+              containers: [{name: $cn, containerID: ($scheme + "://" + $cid)}],
+              ips: $ips, node: $node, container: $cn, container_id: $cid, cgroup: $cgroup}' || exit 1
+        _i=$((_i + 1))
+    done | jq -s . >"$_s/k8s-pods.json" || die "cannot write $_s/k8s-pods.json"
 }
 
 # <host-root>/var/log/pods and var/log/containers, as the kubelet lays them out

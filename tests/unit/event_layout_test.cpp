@@ -47,19 +47,12 @@ static_assert(sizeof(imds_event) == 384);
 static_assert(alignof(imds_event) == 8);
 static_assert(IMDS_PAYLOAD_MAX == 256);
 
-PIN(imds_target, addr, 0, 16);
-PIN(imds_target, port, 16, 2);
-PIN(imds_target, family, 18, 1);
-PIN(imds_target, pad, 19, 5);
-static_assert(sizeof(imds_target) == 24);
-
 #define FSIZE(type, field) sizeof(((type*)nullptr)->field)
 
 TEST(EventLayout, SizesAndOffsets) {
     EXPECT_EQ(sizeof(imds_event), 384u);
     EXPECT_EQ(offsetof(imds_event, payload), 128u);
     EXPECT_EQ(offsetof(imds_event, payload) + IMDS_PAYLOAD_MAX, sizeof(imds_event));
-    EXPECT_EQ(sizeof(imds_target), 24u);
 }
 
 // Every byte belongs to a named field: no implicit padding the two
@@ -78,11 +71,6 @@ TEST(EventLayout, NoImplicitPadding) {
         FSIZE(imds_event, comm) + FSIZE(imds_event, payload);
     static_assert(event_fields == sizeof(imds_event), "imds_event has implicit padding");
     EXPECT_EQ(event_fields, sizeof(imds_event));
-
-    constexpr std::size_t target_fields =
-        FSIZE(imds_target, addr) + FSIZE(imds_target, port) + FSIZE(imds_target, family) + FSIZE(imds_target, pad);
-    static_assert(target_fields == sizeof(imds_target), "imds_target has implicit padding");
-    EXPECT_EQ(target_fields, sizeof(imds_target));
 }
 
 TEST(EventLayout, EnumValues) {

@@ -636,7 +636,7 @@ TEST(K8sApi, InClusterConfigAndAuto) {
     ps.host_root = n.root.str();
     ps.cgroup_mount = n.cg().string();
     {
-        auto r = make_k8s_resolver("auto", ps);
+        auto r = make_k8s_resolver(K8sMode::automatic, ps);
         ASSERT_NE(dynamic_cast<K8sApiResolver*>(r.get()), nullptr) << r->describe();
         EXPECT_EQ(r->by_cgroup(kCtrlCgroup)->name, "aws-load-balancer-controller-6b7f9c");
     }
@@ -663,25 +663,25 @@ TEST(K8sApi, InClusterConfigAndAuto) {
 
     // auto: kubepods tree -> k8s-node; nothing -> none.
     {
-        auto r = make_k8s_resolver("auto", ps);
+        auto r = make_k8s_resolver(K8sMode::automatic, ps);
         ASSERT_NE(dynamic_cast<K8sNodeResolver*>(r.get()), nullptr) << r->describe();
         EXPECT_EQ(r->by_cgroup(kCtrlCgroup)->name, "from-var-log-pods");
     }
     TempDir empty;
     ps.cgroup_mount = empty.str();
-    EXPECT_EQ(make_k8s_resolver("auto", ps)->describe(), "none");
+    EXPECT_EQ(make_k8s_resolver(K8sMode::automatic, ps)->describe(), "none");
     // k8s-api without any configuration: one warning, k8s-node.
     {
         LogCapture logs;
         ::setenv("KUBECONFIG", "/nonexistent/kubeconfig", 1);
-        auto r = make_k8s_resolver("k8s-api", ps);
+        auto r = make_k8s_resolver(K8sMode::api, ps);
         ::unsetenv("KUBECONFIG");
         EXPECT_NE(dynamic_cast<K8sNodeResolver*>(r.get()), nullptr);
         EXPECT_EQ(logs.count("warning|k8s-api: no API server configuration"), 1) << logs.out.str();
     }
     // An explicit kubeconfig that cannot be used is an error, not a fallback.
     ps.kubeconfig = "/nonexistent/kubeconfig";
-    EXPECT_THROW(make_k8s_resolver("k8s-api", ps), std::runtime_error);
+    EXPECT_THROW(make_k8s_resolver(K8sMode::api, ps), std::runtime_error);
     ::unsetenv("NODE_NAME");
 }
 

@@ -10,17 +10,10 @@
 
 #include "loader/tracer.hpp"
 #include "loader/uplink.hpp"
+#include "sinks/reports.hpp"
 
 namespace imdstrace {
 namespace {
-
-struct CheckLine {
-    std::string name;
-    bool ok = true;
-    bool required = true;
-    std::string detail;
-    std::string hint;  // what to do when not ok
-};
 
 std::uint64_t effective_caps() {
     std::ifstream status("/proc/self/status");
@@ -33,7 +26,8 @@ std::uint64_t effective_caps() {
 }  // namespace
 
 int run_check(const SessionOptions& opts, const std::string& output) {
-    std::vector<CheckLine> lines;
+    CheckReport report;
+    auto& lines = report.lines;
     auto kf = KernelFeatures::probe();
     lines.push_back({"kernel", true, true, kf.release, ""});
     lines.push_back({"btf", kf.has_btf, true, kf.has_btf ? "/sys/kernel/btf/vmlinux" : "missing",
@@ -50,15 +44,15 @@ int run_check(const SessionOptions& opts, const std::string& output) {
                                  has(kSysAdmin) ? "yes" : "no"),
                      "run as root, or grant CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN"});
 
-    auto mount = find_cgroup2_mount(opts.host_root);
+    auto mount = locate_cgroup2(opts.host_root());
     if (opts.cgroup == "none") {
         lines.push_back({"cgroup2", true, false, "socket hooks disabled (--cgroup none)", ""});
     } else {
-        std::string dir = opts.cgroup.empty() ? mount.value_or("") : opts.cgroup;
+        std::string dir = opts.cgroup.empty() ? (mount.mounted ? mount.path : "") : opts.cgroup;
         struct stat st{};
         bool ok = !dir.empty() && ::stat(dir.c_str(), &st) == 0;
         lines.push_back({"cgroup2", ok, true,
-                         ok ? fmt::format("socket hooks on {} (mount {})", dir, mount.value_or("?"))
+                         ok ? fmt::format("socket hooks on {} (mount {})", dir, mount.mounted ? mount.path : "?")
                             : (dir.empty() ? "no cgroup2 mount" : dir + " does not exist"),
                          "mount cgroup2 (mount -t cgroup2 none /sys/fs/cgroup) or pass --cgroup DIR / --cgroup none"});
     }
@@ -114,25 +108,9 @@ int run_check(const SessionOptions& opts, const std::string& output) {
         }
     }
 
-    bool ok = true;
-    for (const auto& l : lines) ok &= l.ok || !l.required;
-    if (output == "json") {
-        nlohmann::json j;
-        j["schema"] = "imdstrace.check/v1";
-        j["ok"] = ok;
-        for (const auto& l : lines)
-            j["checks"].push_back({{"name", l.name}, {"ok", l.ok}, {"required", l.required}, {"detail", l.detail},
-                                   {"hint", l.ok ? "" : l.hint}});
-        std::cout << j.dump(2) << std::endl;
-    } else {
-        for (const auto& l : lines) {
-            const char* tag = l.ok ? "ok  " : (l.required ? "FAIL" : "warn");
-            std::cout << fmt::format("{}  {:<28} {}\n", tag, l.name, l.detail);
-            if (!l.ok) std::cout << fmt::format("      {:<28} -> {}\n", "", l.hint);
-        }
-        std::cout << (ok ? "imdstrace can run here.\n" : "imdstrace cannot run here: fix the FAIL lines above.\n");
-    }
-    return ok ? 0 : 1;
+    if (output == "json") std::cout << to_json(report).dump(2) << std::endl;
+    else std::cout << format_check(report);
+    return report.ok() ? 0 : 1;
 }
 
 }  // namespace imdstrace

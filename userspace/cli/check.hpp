@@ -3,7 +3,7 @@
 
 #include <string>
 
-#include "cli/session.hpp"
+#include "pipeline/session.hpp"
 
 namespace imdstrace {
 

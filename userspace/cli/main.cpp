@@ -11,7 +11,7 @@
 
 #include "cli/check.hpp"
 #include "cli/probe.hpp"
-#include "cli/session.hpp"
+#include "pipeline/session.hpp"
 #include "sinks/json.hpp"
 #include "sinks/text.hpp"
 #include "verdict/diagnosis.hpp"
@@ -90,12 +90,12 @@ SessionOptions session_options(const CommonArgs& a, std::optional<double> durati
     if (o.targets.empty()) o.targets = default_targets();
     o.ifaces = a.ifaces;
     o.cgroup = a.cgroup;
-    o.pods = a.pods;
-    o.host_root = a.host_root;
+    o.pods = PodSelection::parse(a.pods);
+    o.pod_settings.host_root = a.host_root;
+    o.pod_settings.kubeconfig = a.kubeconfig;
     o.events_file = a.events;
     o.ready_file = a.ready_file;
     o.pcap_file = a.pcap;
-    o.kubeconfig = a.kubeconfig;
     o.metrics_listen = a.metrics;
     o.duration_s = duration;
     o.prefer_tcx = !a.no_tcx;

@@ -20,7 +20,7 @@
 
 #include "probe/imds_client.hpp"
 #include "sinks/json.hpp"
-#include "sinks/text.hpp"
+#include "sinks/reports.hpp"
 #include "verdict/diagnosis.hpp"
 
 namespace imdstrace {
@@ -102,11 +102,6 @@ Place resolve_place(const ProbeArgs& a, const std::string& cgroup_mount, PodReso
     return Place{"/proc/" + std::to_string(pid) + "/ns/net", cgroup_of_pid(pid), label};
 }
 
-nlohmann::json step_json(const ProbeStep& s) {
-    return {{"method", s.method}, {"path", s.path}, {"status", s.status ? nlohmann::json(*s.status) : nlohmann::json()},
-            {"error", s.error},   {"local", s.local.str()}, {"ms", s.ms}};
-}
-
 // The child: wait for the tracer, enter the place, talk to IMDS, report
 // each step as a JSON line on `out`.
 [[noreturn]] void child(const Place& place, const std::string& cgroup_mount, const ProbePlan& plan, int go, int out) {
@@ -126,10 +121,111 @@ nlohmann::json step_json(const ProbeStep& s) {
         ::close(fd);
     }
     run_imds_flow(plan, [out](const ProbeStep& s) {
-        auto line = step_json(s).dump() + "\n";
+        auto line = step_to_json(s).dump() + "\n";
         (void)!::write(out, line.data(), line.size());
     });
     ::_exit(0);
+}
+
+// The child's side of the flow, as it reported it: its steps, or the
+// reason it could not start (throws).
+std::vector<ProbeStep> read_steps(int fd) {
+    std::string buf;
+    char tmp[4096];
+    ssize_t n;
+    while ((n = ::read(fd, tmp, sizeof(tmp))) > 0) buf.append(tmp, static_cast<std::size_t>(n));
+    ::close(fd);
+    std::vector<ProbeStep> steps;
+    std::istringstream lines(buf);
+    std::string line;
+    while (std::getline(lines, line)) {
+        auto j = nlohmann::json::parse(line, nullptr, false);
+        if (j.is_discarded()) continue;
+        if (j.contains("fatal")) throw std::runtime_error(j["fatal"].get<std::string>());
+        steps.push_back(step_from_json(j));
+    }
+    return steps;
+}
+
+// The probe's own transactions, matched by the client socket's address.
+std::vector<TransactionRecord> own_transactions(std::vector<TransactionRecord> records,
+                                                const std::vector<ProbeStep>& steps) {
+    std::vector<TransactionRecord> mine;
+    for (const auto& r : records)
+        if (std::any_of(steps.begin(), steps.end(), [&r](const ProbeStep& s) { return s.local == r.client; }))
+            mine.push_back(r);
+    return mine.empty() ? records : mine;  // NAT hid the socket's address: keep the window's transactions
+}
+
+// The child process: forked before any thread exists, it waits on `go`
+// for the tracer to attach.
+struct ProbeChild {
+    pid_t pid = -1;
+    int go_fd = -1;      // write one byte: start
+    int report_fd = -1;  // the steps, one JSON line each
+
+    ProbeChild(const Place& place, const std::string& cgroup_mount, const ProbePlan& plan) {
+        int go[2], report[2];
+        if (::pipe2(go, O_CLOEXEC) != 0 || ::pipe2(report, O_CLOEXEC) != 0)
+            throw std::runtime_error(std::string("pipe: ") + std::strerror(errno));
+        pid = ::fork();
+        if (pid < 0) throw std::runtime_error(std::string("fork: ") + std::strerror(errno));
+        if (pid == 0) {
+            ::close(go[1]);
+            ::close(report[0]);
+            child(place, cgroup_mount, plan, go[0], report[1]);
+        }
+        ::close(go[0]);
+        ::close(report[1]);
+        go_fd = go[1];
+        report_fd = report[0];
+    }
+    ProbeChild(const ProbeChild&) = delete;
+    ProbeChild& operator=(const ProbeChild&) = delete;
+    ~ProbeChild() {
+        if (go_fd >= 0) ::close(go_fd);
+        if (report_fd >= 0) ::close(report_fd);
+        if (pid > 0 && ::waitpid(pid, nullptr, WNOHANG) == 0) {
+            ::kill(pid, SIGKILL);
+            ::waitpid(pid, nullptr, 0);
+        }
+    }
+    void start() {
+        (void)!::write(go_fd, "g", 1);
+        ::close(go_fd);
+        go_fd = -1;
+    }
+    // Blocks until the child exits.
+    void wait() {
+        int status = 0;
+        ::waitpid(pid, &status, 0);
+        pid = -1;
+    }
+    std::vector<ProbeStep> steps() {
+        int fd = report_fd;
+        report_fd = -1;
+        return read_steps(fd);
+    }
+};
+
+// Trace while the child works, then a little longer for late drops/ICMP.
+std::vector<TransactionRecord> trace_child(Session& session, ProbeChild& probe, const std::atomic<bool>& stop) {
+    std::vector<TransactionRecord> records;
+    std::atomic<bool> done{false};
+    std::thread watcher([&] {
+        probe.wait();
+        for (int i = 0; i < 30 && !stop.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        done.store(true);
+    });
+    std::atomic<bool> either{false};
+    std::thread relay([&] {
+        while (!done.load() && !stop.load()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        either.store(true);
+    });
+    session.run(either, [&](const TransactionRecord& r) { records.push_back(r); });
+    watcher.join();
+    relay.join();
+    return records;
 }
 
 }  // namespace
@@ -143,127 +239,35 @@ int run_probe(const ProbeArgs& a, SessionOptions opts, const std::string& output
     if (plan.attempts < 1 || plan.attempts > 10) throw UsageError("--attempts must be 1..10");
     if (a.timeout_ms < 50 || a.timeout_ms > 60000) throw UsageError("--timeout-ms must be 50..60000");
 
-    auto mount = find_cgroup2_mount(opts.host_root).value_or("/sys/fs/cgroup");
+    const auto mount = locate_cgroup2(opts.host_root()).path;
     std::unique_ptr<PodResolver> pods;
-    if (!a.pod.empty()) pods = make_pod_resolver(opts, mount);
-    Place place = resolve_place(a, mount, pods.get());
-
-    // Fork before any thread exists; the child waits for the tracer.
-    int go[2], report[2];
-    if (::pipe2(go, O_CLOEXEC) != 0 || ::pipe2(report, O_CLOEXEC) != 0)
-        throw std::runtime_error(std::string("pipe: ") + std::strerror(errno));
-    pid_t pid = ::fork();
-    if (pid < 0) throw std::runtime_error(std::string("fork: ") + std::strerror(errno));
-    if (pid == 0) {
-        ::close(go[1]);
-        ::close(report[0]);
-        child(place, mount, plan, go[0], report[1]);
+    if (!a.pod.empty()) {
+        auto settings = opts.pod_settings;
+        settings.cgroup_mount = mount;
+        pods = make_pod_resolver(opts.pods, settings);
     }
-    ::close(go[0]);
-    ::close(report[1]);
-    struct ChildGuard {
-        pid_t pid;
-        int go_fd;
-        ~ChildGuard() {
-            if (go_fd >= 0) ::close(go_fd);
-            if (pid > 0 && ::waitpid(pid, nullptr, WNOHANG) == 0) {
-                ::kill(pid, SIGKILL);
-                ::waitpid(pid, nullptr, 0);
-            }
-        }
-    } guard{pid, go[1]};
+    const Place place = resolve_place(a, mount, pods.get());
 
+    ProbeChild probe(place, mount, plan);  // fork before any thread exists
     opts.duration_s.reset();
     Session session(opts);
     session.start();
     spdlog::info("probing {} from {}: {}", plan.target.str(), place.describe, fmt::join(session.describe(), "; "));
-    (void)!::write(go[1], "g", 1);
-    ::close(go[1]);
-    guard.go_fd = -1;
+    probe.start();
+    auto records = trace_child(session, probe, stop);
 
-    // Trace while the child works, then a little longer for late drops/ICMP.
-    std::atomic<bool> done{false};
-    std::vector<TransactionRecord> records;
-    std::thread watcher([&] {
-        int status = 0;
-        ::waitpid(pid, &status, 0);
-        guard.pid = -1;
-        for (int i = 0; i < 30 && !stop.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        done.store(true);
-    });
-    std::atomic<bool> either{false};
-    std::thread relay([&] {
-        while (!done.load() && !stop.load()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-        either.store(true);
-    });
-    session.run(either, [&](const TransactionRecord& r) { records.push_back(r); });
-    watcher.join();
-    relay.join();
-
-    // What the child saw.
-    std::vector<ProbeStep> steps;
-    std::vector<nlohmann::json> step_lines;
-    std::string fatal;
-    {
-        std::string buf;
-        char tmp[4096];
-        ssize_t n;
-        while ((n = ::read(report[0], tmp, sizeof(tmp))) > 0) buf.append(tmp, static_cast<std::size_t>(n));
-        ::close(report[0]);
-        std::istringstream lines(buf);
-        std::string line;
-        while (std::getline(lines, line)) {
-            auto j = nlohmann::json::parse(line, nullptr, false);
-            if (j.is_discarded()) continue;
-            if (j.contains("fatal")) fatal = j["fatal"].get<std::string>();
-            else step_lines.push_back(j);
-        }
-    }
-    if (!fatal.empty()) throw std::runtime_error(fatal);
-
-    // The probe's own transactions: matched by the client socket's address.
-    std::vector<TransactionRecord> mine;
-    for (const auto& r : records)
-        for (const auto& s : step_lines)
-            if (s["local"] == r.client.str()) {
-                mine.push_back(r);
-                break;
-            }
-    if (mine.empty()) mine = records;  // NAT hid the socket's address: keep the window's transactions
+    ProbeReport report;
+    report.from = place.describe;
+    report.target = plan.target.str();
+    report.steps = probe.steps();
+    report.transactions = own_transactions(std::move(records), report.steps);
     DiagnosisBuilder builder;
-    for (const auto& r : mine) builder.add(r);
-    auto d = builder.build(session.window_s(), session.target_strings());
-    bool any_step_failed = std::any_of(step_lines.begin(), step_lines.end(), [](const nlohmann::json& s) {
-        return s["status"].is_null() || s["status"].get<int>() >= 400;
-    });
-    bool failing = d.failing() || any_step_failed;
+    for (const auto& r : report.transactions) builder.add(r);
+    report.diagnosis = builder.build(session.window_s(), session.target_strings());
 
-    if (output == "json") {
-        nlohmann::json j;
-        j["schema"] = "imdstrace.probe/v1";
-        j["from"] = place.describe;
-        j["target"] = plan.target.str();
-        j["steps"] = step_lines;
-        j["transactions"] = nlohmann::json::array();
-        for (const auto& r : mine) j["transactions"].push_back(to_json(r));
-        j["diagnosis"] = to_json(d);
-        j["healthy"] = !failing;
-        std::cout << j.dump(2) << std::endl;
-    } else {
-        std::cout << fmt::format("probe from {} to {}\n", place.describe, plan.target.str());
-        for (const auto& s : step_lines)
-            std::cout << fmt::format("  {} {:<45} -> {}\n", s["method"].get<std::string>(), s["path"].get<std::string>(),
-                                     s["status"].is_null() ? s["error"].get<std::string>()
-                                                           : fmt::format("{} ({} ms)", s["status"].get<int>(),
-                                                                         s["ms"].get<int>()));
-        std::cout << "\nwhat the kernel saw:\n";
-        for (const auto& r : mine) std::cout << "  " << format_transaction(r) << "\n";
-        std::cout << "\n" << format_diagnosis(d);
-        if (failing && !d.failing())
-            std::cout << "\nThe probe failed but the trace shows no failure on this node's path: check the target "
-                         "address and --iface, or run `imdstrace check`.\n";
-    }
-    return failing ? 3 : 0;
+    if (output == "json") std::cout << to_json(report).dump(2) << std::endl;
+    else std::cout << format_probe(report);
+    return report.healthy() ? 0 : 3;
 }
 
 }  // namespace imdstrace

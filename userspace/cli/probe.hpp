@@ -4,7 +4,7 @@
 #include <atomic>
 #include <string>
 
-#include "cli/session.hpp"
+#include "pipeline/session.hpp"
 
 namespace imdstrace {
 

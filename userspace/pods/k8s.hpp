@@ -67,7 +67,7 @@ std::vector<IpAddr> parse_if_inet6(const std::string& text);
 struct K8sNodeOptions {
     std::string host_root = "/";
     // Absolute path of the cgroup2 mount whose paths by_cgroup() receives;
-    // "" = <host_root>/sys/fs/cgroup.
+    // "" = locate_cgroup2(host_root) (pods/select.hpp).
     std::string cgroup_mount;
     // procfs used to read pods' network namespaces; "" = /proc.  It must be
     // the procfs of the pid namespace the cgroup.procs files are read from

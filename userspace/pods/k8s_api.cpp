@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "pods/k8s.hpp"
+#include "pods/select.hpp"
 
 namespace imdstrace {
 
@@ -567,19 +568,17 @@ K8sApiStats K8sApiResolver::stats() const {
 // ---------------------------------------------------------------------------
 // --pods k8s-node | k8s-api | auto
 
-std::unique_ptr<PodResolver> make_k8s_resolver(const std::string& mode, const PodResolverSettings& s) {
-    if (mode != "k8s-node" && mode != "k8s-api" && mode != "auto")
-        throw std::runtime_error("unknown pod resolver \"" + mode + "\"");
+std::unique_ptr<PodResolver> make_k8s_resolver(K8sMode mode, const PodResolverSettings& s) {
     K8sNodeOptions no;
     no.host_root = s.host_root.empty() ? "/" : s.host_root;
-    no.cgroup_mount = s.cgroup_mount;
+    no.cgroup_mount = s.cgroup_mount.empty() ? locate_cgroup2(no.host_root).path : s.cgroup_mount;
     auto node = [&] { return std::make_unique<K8sNodeResolver>(no); };
     auto primary_node = [&] {  // k8s-node on its own: read /var/log/pods now
         auto r = node();
         r->refresh();
         return r;
     };
-    if (mode == "k8s-node") return primary_node();
+    if (mode == K8sMode::node) return primary_node();
 
     std::optional<K8sApiConfig> cfg;
     std::string why;
@@ -587,7 +586,7 @@ std::unique_ptr<PodResolver> make_k8s_resolver(const std::string& mode, const Po
         cfg = load_kubeconfig(s.kubeconfig);  // asked for explicitly: a broken one is the user's to fix
     } else {
         cfg = in_cluster_config(&why);
-        if (!cfg && mode == "k8s-api") {
+        if (!cfg && mode == K8sMode::api) {
             // $KUBECONFIG (a colon-separated list: the first file that exists).
             std::string list = env("KUBECONFIG");
             std::stringstream ss(list);
@@ -606,11 +605,11 @@ std::unique_ptr<PodResolver> make_k8s_resolver(const std::string& mode, const Po
         if (!s.node_name.empty()) ao.node_name = s.node_name;
         return std::make_unique<K8sApiResolver>(std::move(*cfg), ao, node());
     }
-    if (mode == "k8s-api") {
+    if (mode == K8sMode::api) {
         spdlog::warn("k8s-api: no API server configuration ({}); attributing pods from the node instead (k8s-node)", why);
         return primary_node();
     }
-    auto mount = no.cgroup_mount.empty() ? (no.host_root == "/" ? "" : no.host_root) + "/sys/fs/cgroup" : no.cgroup_mount;
+    const auto& mount = no.cgroup_mount;
     if (has_kubepods_tree(mount)) {
         spdlog::info("pods: auto -> k8s-node (no API server configuration: {}; kubepods cgroups under {})", why, mount);
         return primary_node();

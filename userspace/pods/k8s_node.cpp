@@ -22,6 +22,7 @@
 #include <sstream>
 
 #include "pods/k8s.hpp"
+#include "pods/select.hpp"
 
 namespace imdstrace {
 
@@ -90,7 +91,7 @@ constexpr int kMaxCgroupDepth = 7;          // where a pod cgroup can sit, at mo
 
 K8sNodeResolver::K8sNodeResolver(K8sNodeOptions o) : opts_(std::move(o)) {
     auto root = strip_root(opts_.host_root);
-    if (opts_.cgroup_mount.empty()) opts_.cgroup_mount = root + "/sys/fs/cgroup";
+    if (opts_.cgroup_mount.empty()) opts_.cgroup_mount = locate_cgroup2(opts_.host_root).path;
     opts_.cgroup_mount = strip_root(opts_.cgroup_mount);
     if (opts_.proc_root.empty()) opts_.proc_root = "/proc";
     opts_.proc_root = strip_root(opts_.proc_root);

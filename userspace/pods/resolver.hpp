@@ -60,7 +60,7 @@ std::vector<PodInfo> parse_pod_mapping(const std::string& json_text, const std::
 // --pods k8s-node | k8s-api | auto (pods/k8s.hpp has the details).
 struct PodResolverSettings {
     std::string host_root = "/";  // where /var/log/pods is
-    std::string cgroup_mount;     // absolute cgroup2 mount the cgroup paths are relative to; "" = <host_root>/sys/fs/cgroup
+    std::string cgroup_mount;     // absolute cgroup2 mount the cgroup paths are relative to; "" = locate_cgroup2(host_root)
     std::string kubeconfig;       // --kubeconfig; "" = in-cluster, else $KUBECONFIG (k8s-api only)
     std::string node_name;        // "" = $NODE_NAME, else the hostname
 };
@@ -70,6 +70,7 @@ struct PodResolverSettings {
 // an explicit kubeconfig), else k8s-node where a kubepods cgroup tree
 // exists, else none.  Throws std::runtime_error for a kubeconfig the user
 // named that cannot be used.
-std::unique_ptr<PodResolver> make_k8s_resolver(const std::string& mode, const PodResolverSettings& settings);
+enum class K8sMode { node, api, automatic };
+std::unique_ptr<PodResolver> make_k8s_resolver(K8sMode mode, const PodResolverSettings& settings);
 
 }  // namespace imdstrace

@@ -12,6 +12,9 @@ inline constexpr const char* kTransactionSchema = "imdstrace.transaction/v1";
 inline constexpr const char* kDiagnosisSchema = "imdstrace.diagnosis/v1";
 // The last line of an --events file: the run's window and targets.
 inline constexpr const char* kSessionSchema = "imdstrace.session/v1";
+// `imdstrace check -o json` and `imdstrace probe -o json` (sinks/reports.hpp).
+inline constexpr const char* kCheckSchema = "imdstrace.check/v1";
+inline constexpr const char* kProbeSchema = "imdstrace.probe/v1";
 
 nlohmann::json to_json(const TransactionRecord& r);
 // Throws std::runtime_error naming the missing/invalid field.

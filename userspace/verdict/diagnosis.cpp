@@ -72,30 +72,31 @@ std::string generic_fix(Verdict v, const TransactionRecord& example) {
     }
 }
 
-}  // namespace
+// The TTL token responses arrive with: the instance's hop limit.
+std::optional<int> observed_hop_limit(const std::vector<TransactionRecord>& records) {
+    std::optional<int> limit;
+    for (const auto& r : records)
+        if (r.token_request() && r.ttl_at_node) limit = std::min(limit.value_or(255), *r.ttl_at_node);
+    return limit;
+}
 
-Diagnosis DiagnosisBuilder::build(double window_s, std::vector<std::string> targets) const {
-    Diagnosis d;
-    d.window_s = window_s;
-    d.targets = std::move(targets);
-    d.transactions = static_cast<int>(records_.size());
-
+// One summary per subject (pod, cgroup or client address), worst first.
+std::vector<PodSummary> summarize_pods(const std::vector<TransactionRecord>& records) {
     std::map<std::string, PodSummary> pods;
     std::set<std::string> exact_hops;  // subjects whose hops were measured, not inferred
-    for (const auto& r : records_) {
-        if (r.token_request() && r.ttl_at_node)
-            d.hop_limit_observed = std::min(d.hop_limit_observed.value_or(255), *r.ttl_at_node);
-        auto& p = pods[r.subject()];
-        p.subject = r.subject();
+    for (const auto& r : records) {
+        auto subject = r.subject();
+        auto& p = pods[subject];
+        p.subject = subject;
         if (r.pod) p.pod = r.pod;
         if (!r.cgroup.empty()) p.cgroup = r.cgroup;
         p.ips.insert(r.client.addr.str());
         // Exact figures beat inferred ones; among equals the largest distance counts.
         if (r.hops) {
-            const bool exact = exact_hops.contains(p.subject);
+            const bool exact = exact_hops.contains(subject);
             if (!r.hops_inferred && !exact) {
                 p.hops = *r.hops;  // the first measured figure replaces any inferred one
-                exact_hops.insert(p.subject);
+                exact_hops.insert(subject);
             } else if (r.hops_inferred != exact) {
                 p.hops = std::max(p.hops.value_or(0), *r.hops);
             }
@@ -105,113 +106,162 @@ Diagnosis DiagnosisBuilder::build(double window_s, std::vector<std::string> targ
         ++p.verdicts[r.verdict];
         if (severity(r.verdict) > severity(p.verdict)) p.verdict = r.verdict;
     }
-    for (auto& [k, p] : pods) d.pods.push_back(std::move(p));
-    std::stable_sort(d.pods.begin(), d.pods.end(), [](const PodSummary& a, const PodSummary& b) {
-        return severity(a.verdict) > severity(b.verdict);
-    });
+    std::vector<PodSummary> out;
+    out.reserve(pods.size());
+    for (auto& [k, p] : pods) out.push_back(std::move(p));
+    std::stable_sort(out.begin(), out.end(),
+                     [](const PodSummary& a, const PodSummary& b) { return severity(a.verdict) > severity(b.verdict); });
+    return out;
+}
 
-    // One finding per failing verdict, naming every pod that met it.
-    std::map<int, Verdict, std::greater<>> seen;
-    for (const auto& r : records_)
-        if (r.verdict != Verdict::ok) seen.emplace(severity(r.verdict), r.verdict);
-    for (auto [sev, v] : seen) {
-        Finding f;
-        f.verdict = v;
-        const TransactionRecord* example = nullptr;
-        std::map<std::string, std::uint32_t> drop_totals;
-        std::uint32_t icmp = 0, count = 0;
-        int required = 0, max_hops = -1;
-        std::set<std::string> fallback_pods;
-        for (const auto& r : records_) {
-            if (r.verdict != v) continue;
-            ++count;
-            if (!example) example = &r;
-            if (std::find(f.pods.begin(), f.pods.end(), r.subject()) == f.pods.end()) f.pods.push_back(r.subject());
-            for (const auto& dr : r.drops)
-                if (!endpoint_bookkeeping(dr))
-                    drop_totals[fmt::format("{}{} at {} (TTL {})", dr.reason.empty() ? "" : "reason ", dr.reason,
+// The records of one verdict, folded: what a finding is built from.
+struct VerdictGroup {
+    std::vector<const TransactionRecord*> records;
+    std::vector<std::string> subjects;  // first-seen order
+    std::set<std::string> subject_set;
+    std::map<std::string, std::uint64_t> drop_totals;  // "reason X at Y (TTL n)" -> drops
+    std::uint64_t icmp = 0;
+
+    void add(const TransactionRecord& r) {
+        records.push_back(&r);
+        if (subject_set.insert(r.subject()).second) subjects.push_back(r.subject());
+        for (const auto& dr : r.drops)
+            if (!endpoint_bookkeeping(dr))
+                drop_totals[fmt::format("{}{} at {} (TTL {})", dr.reason.empty() ? "" : "reason ", dr.reason,
                                         dr.location, dr.ttl)] += dr.count;
-            icmp += r.icmp_time_exceeded;
-            if (r.required_hop_limit) required = std::max(required, *r.required_hop_limit);
-            if (r.hops) max_hops = std::max(max_hops, *r.hops);
-        }
-        std::string drops;
-        for (const auto& [what, n] : drop_totals) drops += fmt::format("{}{} drops {}", drops.empty() ? "" : ", ", n, what);
-
-        if (v == Verdict::hop_limit_exceeded) {
-            // Pods whose token requests fail but whose tokenless GETs still work.
-            for (const auto& r : records_)
-                if (r.verdict == Verdict::ok && r.request && !r.request->token &&
-                    std::find(f.pods.begin(), f.pods.end(), r.subject()) != f.pods.end())
-                    fallback_pods.insert(r.subject());
-            int limit = d.hop_limit_observed.value_or(example->ttl_at_node.value_or(0));
-            if (required <= limit) required = limit + 1;
-            f.evidence = fmt::format("{} transaction{}: ", count, count == 1 ? "" : "s");
-            if (d.hop_limit_observed)
-                f.evidence += fmt::format("token responses reach the node with TTL {} (the instance's hop limit)",
-                                          *d.hop_limit_observed);
-            else if (example->ttl_at_node)
-                f.evidence += fmt::format("responses reach the node with TTL {}", *example->ttl_at_node);
-            if (max_hops >= 0)
-                f.evidence += fmt::format("; the client{} {} {} hop{} behind the uplink and need{} hop limit {}",
-                                          f.pods.size() == 1 ? "" : "s", f.pods.size() == 1 ? "is" : "are", max_hops,
-                                          max_hops == 1 ? "" : "s", f.pods.size() == 1 ? "s" : "", required);
-            if (!drops.empty()) f.evidence += "; kernel: " + drops;
-            if (icmp) f.evidence += fmt::format("; {} ICMP time exceeded sent back to IMDS", icmp);
-            if (!fallback_pods.empty()) {
-                std::string names = fmt::format("{}", fmt::join(fallback_pods, ", "));
-                f.evidence += fmt::format("; IMDSv1 requests without a token still succeed for {}: they will fail "
-                                          "too once httpTokens is required",
-                                          names);
-            }
-            f.fix = hop_limit_fix(std::max(required, 2));
-        } else {
-            f.evidence = fmt::format("{} transaction{}; e.g. {}", count, count == 1 ? "" : "s", example->evidence);
-            if (!drops.empty() && example->evidence.find("dropped") == std::string::npos)
-                f.evidence += "; kernel: " + drops;
-            f.fix = generic_fix(v, *example);
-            if (v == Verdict::token_required) {
-                // SDKs fall back to IMDSv1 when their token PUT times out: on a
-                // tokens-required node the 401 is a symptom of the hop limit.
-                std::set<std::string> after_hop;
-                for (const auto& r : records_)
-                    if (r.verdict == Verdict::hop_limit_exceeded && r.token_request() &&
-                        std::find(f.pods.begin(), f.pods.end(), r.subject()) != f.pods.end())
-                        after_hop.insert(r.subject());
-                if (!after_hop.empty()) {
-                    std::string names = fmt::format("{}", fmt::join(after_hop, ", "));
-                    f.evidence += fmt::format("; for {} these IMDSv1 requests came after the token requests failed with "
-                                              "HOP_LIMIT_EXCEEDED (the SDK's fallback): fix the hop limit first",
-                                              names);
-                    f.fix = "Fix the hop limit (see HOP_LIMIT_EXCEEDED): the client then gets its token and stops "
-                            "falling back to IMDSv1.";
-                }
-            }
-        }
-        d.findings.push_back(std::move(f));
+        icmp += r.icmp_time_exceeded;
     }
+    std::string drops() const {
+        std::string out;
+        for (const auto& [what, n] : drop_totals) out += fmt::format("{}{} drops {}", out.empty() ? "" : ", ", n, what);
+        return out;
+    }
+    std::string count_text() const {
+        return fmt::format("{} transaction{}", records.size(), records.size() == 1 ? "" : "s");
+    }
+};
 
-    // Pods the hop budget does not reach, that have not hit it yet.
-    if (d.hop_limit_observed) {
-        Warning w;
-        int needed = 0;
-        for (const auto& p : d.pods) {
-            if (!p.required_hop_limit || *p.required_hop_limit <= *d.hop_limit_observed) continue;
-            if (p.verdicts.count(Verdict::hop_limit_exceeded)) continue;  // already a finding
-            w.pods.push_back(p.subject);
-            needed = std::max(needed, *p.required_hop_limit);
-        }
-        if (!w.pods.empty()) {
-            w.message = fmt::format(
-                "{}{} hop{} behind the uplink while the node's hop limit is {}: IMDSv2 token requests from "
-                "{} will time out (HOP_LIMIT_EXCEEDED), although the requests seen so far worked (IMDSv1, or "
-                "answers IMDS sends with the default TTL)",
-                w.pods.size() == 1 ? "" : "up to ", needed - 1, needed - 1 == 1 ? "" : "s", *d.hop_limit_observed,
-                w.pods.size() == 1 ? "this client" : "these clients");
-            w.fix = hop_limit_fix(needed);
-            d.warnings.push_back(std::move(w));
+// Subjects with a record matching `pred`, among `among`.
+template <typename Pred>
+std::set<std::string> subjects_where(const std::vector<TransactionRecord>& records, const std::set<std::string>& among,
+                                     Pred pred) {
+    std::set<std::string> out;
+    for (const auto& r : records)
+        if (pred(r) && among.contains(r.subject())) out.insert(r.subject());
+    return out;
+}
+
+Finding hop_limit_finding(const VerdictGroup& g, const std::vector<TransactionRecord>& records,
+                          std::optional<int> hop_limit_observed) {
+    Finding f;
+    f.verdict = Verdict::hop_limit_exceeded;
+    f.pods = g.subjects;
+    int required = 0, max_hops = -1;
+    for (const auto* r : g.records) {
+        if (r->required_hop_limit) required = std::max(required, *r->required_hop_limit);
+        if (r->hops) max_hops = std::max(max_hops, *r->hops);
+    }
+    const auto& example = *g.records.front();
+    int limit = hop_limit_observed.value_or(example.ttl_at_node.value_or(0));
+    if (required <= limit) required = limit + 1;
+    f.evidence = g.count_text() + ": ";
+    if (hop_limit_observed)
+        f.evidence += fmt::format("token responses reach the node with TTL {} (the instance's hop limit)",
+                                  *hop_limit_observed);
+    else if (example.ttl_at_node)
+        f.evidence += fmt::format("responses reach the node with TTL {}", *example.ttl_at_node);
+    const bool one = f.pods.size() == 1;
+    if (max_hops >= 0)
+        f.evidence += fmt::format("; the client{} {} {} hop{} behind the uplink and need{} hop limit {}", one ? "" : "s",
+                                  one ? "is" : "are", max_hops, max_hops == 1 ? "" : "s", one ? "s" : "", required);
+    if (auto drops = g.drops(); !drops.empty()) f.evidence += "; kernel: " + drops;
+    if (g.icmp) f.evidence += fmt::format("; {} ICMP time exceeded sent back to IMDS", g.icmp);
+    // Pods whose token requests fail but whose tokenless metadata GETs still work.
+    auto fallback = subjects_where(records, g.subject_set, [](const TransactionRecord& r) {
+        return r.verdict == Verdict::ok && r.request && !r.request->token;
+    });
+    if (!fallback.empty())
+        f.evidence += fmt::format("; IMDSv1 requests without a token still succeed for {}: they will fail "
+                                  "too once httpTokens is required",
+                                  fmt::join(fallback, ", "));
+    f.fix = hop_limit_fix(std::max(required, 2));
+    return f;
+}
+
+Finding status_finding(Verdict v, const VerdictGroup& g, const std::vector<TransactionRecord>& records) {
+    Finding f;
+    f.verdict = v;
+    f.pods = g.subjects;
+    const auto& example = *g.records.front();
+    f.evidence = fmt::format("{}; e.g. {}", g.count_text(), example.evidence);
+    if (auto drops = g.drops(); !drops.empty() && example.evidence.find("dropped") == std::string::npos)
+        f.evidence += "; kernel: " + drops;
+    f.fix = generic_fix(v, example);
+    if (v == Verdict::token_required) {
+        // SDKs fall back to IMDSv1 when their token PUT times out: on a
+        // tokens-required node the 401 is a symptom of the hop limit.
+        auto after_hop = subjects_where(records, g.subject_set, [](const TransactionRecord& r) {
+            return r.verdict == Verdict::hop_limit_exceeded && r.token_request();
+        });
+        if (!after_hop.empty()) {
+            f.evidence += fmt::format("; for {} these IMDSv1 requests came after the token requests failed with "
+                                      "HOP_LIMIT_EXCEEDED (the SDK's fallback): fix the hop limit first",
+                                      fmt::join(after_hop, ", "));
+            f.fix = "Fix the hop limit (see HOP_LIMIT_EXCEEDED): the client then gets its token and stops "
+                    "falling back to IMDSv1.";
         }
     }
+    return f;
+}
+
+// One finding per failing verdict, worst first, naming every pod that met it.
+std::vector<Finding> build_findings(const std::vector<TransactionRecord>& records, std::optional<int> hop_limit_observed) {
+    std::map<Verdict, VerdictGroup> groups;
+    for (const auto& r : records)
+        if (r.verdict != Verdict::ok) groups[r.verdict].add(r);
+    std::vector<std::pair<Verdict, const VerdictGroup*>> order;
+    for (const auto& [v, g] : groups) order.emplace_back(v, &g);
+    std::sort(order.begin(), order.end(), [](const auto& a, const auto& b) { return severity(a.first) > severity(b.first); });
+    std::vector<Finding> out;
+    for (const auto& [v, g] : order)
+        out.push_back(v == Verdict::hop_limit_exceeded ? hop_limit_finding(*g, records, hop_limit_observed)
+                                                       : status_finding(v, *g, records));
+    return out;
+}
+
+// Pods the hop budget does not reach, that have not hit it yet.
+std::vector<Warning> hop_budget_warnings(const std::vector<PodSummary>& pods, std::optional<int> hop_limit_observed) {
+    if (!hop_limit_observed) return {};
+    Warning w;
+    int needed = 0;
+    for (const auto& p : pods) {
+        if (!p.required_hop_limit || *p.required_hop_limit <= *hop_limit_observed) continue;
+        if (p.verdicts.count(Verdict::hop_limit_exceeded)) continue;  // already a finding
+        w.pods.push_back(p.subject);
+        needed = std::max(needed, *p.required_hop_limit);
+    }
+    if (w.pods.empty()) return {};
+    w.message = fmt::format(
+        "{}{} hop{} behind the uplink while the node's hop limit is {}: IMDSv2 token requests from "
+        "{} will time out (HOP_LIMIT_EXCEEDED), although the requests seen so far worked (IMDSv1, or "
+        "answers IMDS sends with the default TTL)",
+        w.pods.size() == 1 ? "" : "up to ", needed - 1, needed - 1 == 1 ? "" : "s", *hop_limit_observed,
+        w.pods.size() == 1 ? "this client" : "these clients");
+    w.fix = hop_limit_fix(needed);
+    return {std::move(w)};
+}
+
+}  // namespace
+
+Diagnosis DiagnosisBuilder::build(double window_s, std::vector<std::string> targets) const {
+    Diagnosis d;
+    d.window_s = window_s;
+    d.targets = std::move(targets);
+    d.transactions = static_cast<int>(records_.size());
+    d.hop_limit_observed = observed_hop_limit(records_);
+    d.pods = summarize_pods(records_);
+    d.findings = build_findings(records_, d.hop_limit_observed);
+    d.warnings = hop_budget_warnings(d.pods, d.hop_limit_observed);
     return d;
 }
 

@@ -1,19 +1,24 @@
-// A tracing session: tracer -> decode -> correlate -> judge -> attribute,
-// handing finished transaction records to the caller.
+// A tracing session: the pipeline from the kernel to the sinks.
+//
+//   loader/Tracer (ring buffer) -> decode_event -> Correlator (transactions)
+//     -> attribute (verdict + pod) -> sinks (--events, --metrics, the caller's)
+//
+// cli/ builds SessionOptions from the command line and consumes records;
+// everything between the kernel and a finished record happens here.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
-#include <fstream>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "common/errors.hpp"
 #include "common/net.hpp"
 #include "loader/tracer.hpp"
-#include "pods/resolver.hpp"
+#include "pods/select.hpp"
 #include "verdict/record.hpp"
 
 namespace imdstrace {
@@ -22,29 +27,20 @@ struct SessionOptions {
     std::vector<Endpoint> targets;
     std::vector<std::string> ifaces;  // empty = auto (route lookup)
     std::string cgroup;               // "" = cgroup2 mount root; "none" = no socket hooks
-    std::string pods = "auto";
-    std::string host_root = "/";
-    std::string kubeconfig;           // --kubeconfig for --pods k8s-api/auto ("" = in-cluster, $KUBECONFIG)
+    PodSelection pods;                // --pods
+    PodResolverSettings pod_settings; // --host-root, --kubeconfig (cgroup_mount is filled in by start())
     std::string events_file;          // JSONL, appended and flushed per record
     std::string ready_file;           // written once attached (tests, scripts)
     std::string pcap_file;            // pcapng evidence of every observed packet
     std::string metrics_listen;       // ADDR:PORT for the Prometheus exposition
     std::optional<double> duration_s;
     bool prefer_tcx = true;
+
+    const std::string& host_root() const { return pod_settings.host_root; }
 };
 
-// Usage problems (exit 2) vs. runtime failures (exit 1).
-struct UsageError : std::runtime_error {
-    using std::runtime_error::runtime_error;
-};
-
+// 169.254.169.254:80 and [fd00:ec2::254]:80 (IMDS).
 std::vector<Endpoint> default_targets();
-// The cgroup2 mount point under host_root, from /proc/self/mounts; when
-// host_root has none of its own, the one this process sees.
-std::optional<std::string> find_cgroup2_mount(const std::string& host_root = "/");
-// The resolver --pods names (UsageError for a bad value or mapping file);
-// cgroup paths it is given are relative to cgroup_mount.
-std::unique_ptr<PodResolver> make_pod_resolver(const SessionOptions& opts, const std::string& cgroup_mount);
 
 class Session {
 public:

@@ -1,0 +1,273 @@
+#include "pipeline/session.hpp"
+
+#include <net/if.h>
+#include <spdlog/spdlog.h>
+#include <time.h>
+
+#include <algorithm>
+#include <cmath>
+#include <deque>
+#include <fstream>
+#include <unordered_map>
+
+#include "correlate/correlator.hpp"
+#include "decode/kernel_names.hpp"
+#include "decode/observation.hpp"
+#include "pipeline/attribute.hpp"
+#include "sinks/events_file.hpp"
+#include "sinks/metrics.hpp"
+#include "sinks/pcap.hpp"
+
+namespace imdstrace {
+
+std::uint64_t monotonic_ns() {
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ULL + ts.tv_nsec;
+}
+
+std::int64_t unix_ms_now() {
+    timespec ts{};
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return static_cast<std::int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1'000'000;
+}
+
+std::vector<Endpoint> default_targets() {
+    return {*Endpoint::parse("169.254.169.254:80", 80), *Endpoint::parse("[fd00:ec2::254]:80", 80)};
+}
+
+namespace {
+
+void add_unique(std::vector<Interface>& list, const Interface& i) {
+    if (std::find(list.begin(), list.end(), i) == list.end()) list.push_back(i);
+}
+
+// --iface names, or the interfaces the routing table uses for the targets.
+std::vector<Interface> resolve_uplinks(const SessionOptions& opts) {
+    std::vector<Interface> uplinks;
+    if (!opts.ifaces.empty()) {
+        for (const auto& name : opts.ifaces) {
+            auto i = interface_by_name(name);
+            if (!i) throw UsageError("--iface " + name + ": no such interface in this network namespace");
+            add_unique(uplinks, *i);
+        }
+        return uplinks;
+    }
+    for (const auto& t : opts.targets) {
+        std::string why;
+        auto i = route_interface(t.addr, &why);
+        if (!i) {
+            spdlog::info("no uplink for {}: {}", t.str(), why);
+            continue;
+        }
+        add_unique(uplinks, *i);
+    }
+    if (uplinks.empty())
+        throw std::runtime_error("no route to any target from this network namespace, so no uplink to watch: "
+                                 "pass --iface NAME (the interface toward IMDS), or check `ip route get "
+                                 "169.254.169.254`");
+    return uplinks;
+}
+
+// The cgroup v2 directory the socket hooks attach to ("" = none).
+std::string socket_hook_cgroup(const SessionOptions& opts, const Cgroup2Mount& mount) {
+    if (opts.cgroup == "none") return {};
+    if (!opts.cgroup.empty()) return opts.cgroup;
+    if (!mount.mounted)
+        throw std::runtime_error("no cgroup2 filesystem is mounted: mount one (mount -t cgroup2 none "
+                                 "/sys/fs/cgroup) or pass --cgroup none to trace without the socket hooks");
+    return mount.path;
+}
+
+}  // namespace
+
+// The stages in the order data flows through them; each is one member.
+struct Session::Impl {
+    // Set up by start().
+    KernelFeatures features;
+    DropReasons reasons;
+    KernelSymbols symbols;
+    std::vector<Interface> uplinks;
+    std::unique_ptr<PodResolver> pods;
+    std::unique_ptr<CgroupPaths> cgroup_paths;
+    std::unique_ptr<Correlator> correlator;
+    std::unique_ptr<Tracer> tracer;
+    // Sinks.
+    std::unique_ptr<EventsFile> events;
+    std::unique_ptr<PcapWriter> pcap;
+    std::unique_ptr<Metrics> metrics;
+    std::unique_ptr<MetricsServer> metrics_server;
+
+    std::deque<TransactionRecord> finished;  // attributed, not yet delivered
+    std::uint64_t start_mono = 0;
+    std::int64_t start_unix_ms = 0;
+    std::uint64_t malformed = 0;
+    std::optional<double> window_s;
+
+    // 1. decode: one ring-buffer record -> an observation (and the pcap).
+    void on_event(std::span<const std::uint8_t> rec) {
+        auto o = decode_event(rec, pcap != nullptr);
+        if (!o) {
+            ++malformed;
+            return;
+        }
+        if (pcap) pcap->write(*o);
+        correlator->observe(*o);
+    }
+
+    // 2. correlate hands over a finished transaction: judge and attribute it.
+    void on_transaction(Transaction&& t) {
+        finished.push_back(attribute(
+            t, wall_ms(t.start_ns), [this](std::uint64_t id) { return cgroup_paths->path_of(id); }, *pods));
+    }
+
+    // 3. deliver finished records to the sinks.  Returns how many.
+    std::size_t deliver(const RecordSink& sink) {
+        std::size_t n = 0;
+        for (; !finished.empty(); ++n) {
+            auto r = std::move(finished.front());
+            finished.pop_front();
+            if (events) events->write(r);
+            if (metrics) metrics->record(r, unix_ms_now());
+            sink(r);
+        }
+        return n;
+    }
+
+    // Interface names for the pcap, resolved once per ifindex (not a
+    // syscall per packet).
+    std::unordered_map<std::uint32_t, std::string> ifnames;
+    std::string ifname(std::uint32_t ifindex) {
+        if (auto it = ifnames.find(ifindex); it != ifnames.end()) return it->second;
+        auto up = std::find_if(uplinks.begin(), uplinks.end(),
+                               [ifindex](const Interface& u) { return static_cast<std::uint32_t>(u.ifindex) == ifindex; });
+        char buf[IF_NAMESIZE] = {};
+        std::string name = up != uplinks.end()            ? up->name
+                           : if_indextoname(ifindex, buf) ? std::string(buf)
+                                                          : "if" + std::to_string(ifindex);
+        return ifnames[ifindex] = name;
+    }
+
+    std::int64_t wall_ms(std::uint64_t mono_ns) const {
+        return start_unix_ms + (static_cast<std::int64_t>(mono_ns) - static_cast<std::int64_t>(start_mono)) / 1'000'000;
+    }
+};
+
+Session::Session(SessionOptions opts) : opts_(std::move(opts)), impl_(std::make_unique<Impl>()) {
+    if (opts_.targets.empty()) opts_.targets = default_targets();
+}
+
+Session::~Session() = default;
+
+std::vector<std::string> Session::target_strings() const {
+    std::vector<std::string> out;
+    for (const auto& t : opts_.targets) out.push_back(t.str());
+    return out;
+}
+
+void Session::start() {
+    auto& impl = *impl_;
+    // Pods first: a bad mapping file is a usage error, before touching the kernel.
+    const auto mount = locate_cgroup2(opts_.host_root());
+    opts_.pod_settings.cgroup_mount = mount.path;
+    impl.pods = make_pod_resolver(opts_.pods, opts_.pod_settings);
+    impl.uplinks = resolve_uplinks(opts_);
+    const std::string cgroup_dir = socket_hook_cgroup(opts_, mount);
+    impl.cgroup_paths = std::make_unique<CgroupPaths>(mount.path);
+
+    impl.features = KernelFeatures::probe();
+    impl.reasons = DropReasons::from_kernel_btf();
+    impl.correlator = std::make_unique<Correlator>(
+        [this](Transaction&& t) { impl_->on_transaction(std::move(t)); },
+        [this](std::uint32_t v) { return impl_->reasons.name(v); },
+        [this](std::uint64_t a) { return impl_->symbols.function_at(a); });
+
+    if (!opts_.events_file.empty()) impl.events = std::make_unique<EventsFile>(opts_.events_file);
+    if (!opts_.pcap_file.empty()) {
+        try {
+            impl.pcap = std::make_unique<PcapWriter>(
+                opts_.pcap_file,
+                [this](const Observation& o) {
+                    return "drop reason=" + (o.drop_reason ? impl_->reasons.name(*o.drop_reason) : std::string("-")) +
+                           " location=" + impl_->symbols.function_at(o.location);
+                },
+                [this](std::uint32_t i) { return impl_->ifname(i); },
+                unix_ms_now() * 1'000'000LL - static_cast<std::int64_t>(monotonic_ns()));
+        } catch (const std::exception& e) {
+            throw UsageError(std::string("--pcap: ") + e.what());
+        }
+    }
+    TracerConfig tc;
+    tc.targets = opts_.targets;
+    tc.uplinks = impl.uplinks;
+    tc.cgroup_dir = cgroup_dir;
+    tc.prefer_tcx = opts_.prefer_tcx;
+    impl.start_mono = monotonic_ns();
+    impl.start_unix_ms = unix_ms_now();
+    impl.tracer = Tracer::start(tc, impl.features, [this](std::span<const std::uint8_t> rec) { impl_->on_event(rec); });
+    for (const auto& line : impl.tracer->attach_summary()) spdlog::debug("{}", line);
+    // Serve metrics only once tracing: a scrape (or readiness probe) that
+    // answers means the hooks are attached.
+    if (!opts_.metrics_listen.empty()) {
+        impl.metrics = std::make_unique<Metrics>();
+        try {
+            impl.metrics_server = std::make_unique<MetricsServer>(*impl.metrics, opts_.metrics_listen);
+        } catch (const std::invalid_argument& e) {
+            throw UsageError(e.what());
+        }
+        spdlog::info("metrics on http://{}/metrics", opts_.metrics_listen);
+    }
+
+    if (!opts_.ready_file.empty()) std::ofstream(opts_.ready_file) << "ready\n";
+}
+
+void Session::run(const std::atomic<bool>& stop, const RecordSink& sink, const std::function<void()>& quiet,
+                  double quiet_s) {
+    auto& impl = *impl_;
+    std::uint64_t last_activity = monotonic_ns();
+    std::uint64_t last_counters = 0;
+    const std::uint64_t deadline =
+        opts_.duration_s ? impl.start_mono + static_cast<std::uint64_t>(*opts_.duration_s * 1e9) : UINT64_MAX;
+    while (!stop.load()) {
+        int n = impl.tracer->poll(100);
+        if (n < 0) throw std::runtime_error("reading the event ring buffer failed: " + std::to_string(n));
+        auto now = monotonic_ns();
+        impl.correlator->expire(now);
+        if (impl.deliver(sink)) last_activity = now;
+        // The loss counter is 32 map reads: once a second is plenty.
+        if (impl.metrics && now - last_counters >= 1'000'000'000ULL) {
+            impl.metrics->set_events_lost(impl.tracer->counters().lost);
+            last_counters = now;
+        }
+        if (quiet && now - last_activity >= static_cast<std::uint64_t>(quiet_s * 1e9)) {
+            quiet();
+            last_activity = now;
+        }
+        if (now >= deadline) break;
+    }
+    // Drain what the kernel already queued, then close every open transaction.
+    impl.tracer->poll(0);
+    impl.correlator->flush();
+    impl.deliver(sink);
+    impl.window_s = std::round(elapsed_s() * 1000) / 1000;
+    // A trailer so `report` knows the window and the targets of this run.
+    if (impl.events) impl.events->write_trailer(impl.start_unix_ms, *impl.window_s, target_strings());
+}
+
+int Session::metrics_port() const { return impl_->metrics_server ? impl_->metrics_server->port() : -1; }
+
+std::size_t Session::open_connections() const {
+    return impl_->correlator ? impl_->correlator->open_connections() : 0;
+}
+
+double Session::window_s() const { return impl_->window_s.value_or(elapsed_s()); }
+
+double Session::elapsed_s() const { return (monotonic_ns() - impl_->start_mono) / 1e9; }
+
+TracerCounters Session::counters() const { return impl_->tracer ? impl_->tracer->counters() : TracerCounters{}; }
+
+std::vector<std::string> Session::describe() const {
+    return impl_->tracer ? impl_->tracer->attach_summary() : std::vector<std::string>{};
+}
+
+}  // namespace imdstrace

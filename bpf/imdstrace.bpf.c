@@ -31,6 +31,13 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* Set by the loader from the running kernel's BTF (see core_fixes note). */
 const volatile bool kfree_skb_has_reason = true;
+/*
+ * kfree_skb(..., rx_sk): the receiving socket, since v6.11 ("net: add
+ * rx_sk to trace_kfree_skb"); the loader reads the prototype from BTF.  TCP frees segments it
+ * does not want with skb->dev and skb->sk already cleared: rx_sk is then the
+ * only way to the namespace they were in.
+ */
+const volatile bool kfree_skb_has_rx_sk = true;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -43,6 +50,17 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } counters SEC(".maps");
+
+/*
+ * The traced cgroup (slot 0), set by the loader: a connect() from a task
+ * below it makes that task's network namespace part of this node.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_CGROUP_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} traced_cgroup SEC(".maps");
 
 static __always_inline void count(__u8 hook, __u32 what)
 {
@@ -388,13 +406,29 @@ static __always_inline int kernel_skb_l3(struct sk_buff *skb, struct pkt_src *sr
 	return 0;
 }
 
-static __always_inline __u32 kernel_skb_netns(struct sk_buff *skb)
+/*
+ * The network namespace an skb is in: the receiving socket's when the drop
+ * tracepoint names one, else its device's, else (netfilter OUTPUT, before a
+ * device is set) its socket's.  The device comes before skb->sk: an skb that
+ * crossed a veth keeps the sending socket (v4.19, "skbuff: preserve sock
+ * reference when scrubbing the skb") while it is already in the next
+ * namespace.  Userspace keeps only events from this node's namespaces: the
+ * tracepoints fire for every namespace of the machine.
+ */
+static __always_inline __u32 kernel_skb_netns(struct sk_buff *skb, struct sock *rx_sk)
 {
-	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	struct net_device *dev;
+	struct sock *sk;
 
-	if (!dev)
-		return 0;
-	return BPF_CORE_READ(dev, nd_net.net, ns.inum);
+	if (rx_sk)
+		return BPF_CORE_READ(rx_sk, __sk_common.skc_net.net, ns.inum);
+	dev = BPF_CORE_READ(skb, dev);
+	if (dev)
+		return BPF_CORE_READ(dev, nd_net.net, ns.inum);
+	sk = BPF_CORE_READ(skb, sk);
+	if (sk)
+		return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	return 0;
 }
 
 /* Match a kernel skb against the targets in either direction. */
@@ -434,7 +468,7 @@ static __always_inline int classify_kernel_skb(struct sk_buff *skb, struct l3_in
 
 static __always_inline void fill_kernel_event(struct imds_event *e, struct sk_buff *skb,
 					      const struct l3_info *l3, const struct tcphdr *th, __u32 idx,
-					      __u8 dir)
+					      __u8 dir, struct sock *rx_sk)
 {
 	struct net_device *dev = BPF_CORE_READ(skb, dev);
 
@@ -442,8 +476,13 @@ static __always_inline void fill_kernel_event(struct imds_event *e, struct sk_bu
 	fill_tcp(e, th);
 	e->direction = dir;
 	e->target_index = target_table_index(l3->family, idx);
-	e->ifindex = dev ? BPF_CORE_READ(dev, ifindex) : 0;
-	e->netns_cookie = kernel_skb_netns(skb);
+	if (dev) {
+		e->ifindex = BPF_CORE_READ(dev, ifindex);
+		/* ifindexes repeat across namespaces: the name, read here, is
+		 * the one in the device's own namespace. */
+		BPF_CORE_READ_STR_INTO(&e->comm, dev, name);
+	}
+	e->netns = kernel_skb_netns(skb, rx_sk);
 	if (BPF_CORE_READ(skb, sk))
 		e->flags |= IMDS_F_SK_PRESENT;
 	e->payload_len = l3->l4_len > th->doff * 4 ? l3->l4_len - th->doff * 4 : 0;
@@ -479,7 +518,7 @@ int BPF_PROG(observe_drop, struct sk_buff *skb, void *location)
 	e = reserve(IMDS_HOOK_DROP);
 	if (!e)
 		return 0;
-	fill_kernel_event(e, skb, &l3, &th, idx, dir);
+	fill_kernel_event(e, skb, &l3, &th, idx, dir, kfree_skb_has_rx_sk ? (struct sock *)ctx[3] : NULL);
 	e->location = (__u64)location;
 	e->drop_reason = reason;
 	if (kfree_skb_has_reason)
@@ -509,7 +548,7 @@ int BPF_PROG(observe_icmp_send, struct sk_buff *skb, int type, int code)
 	e = reserve(IMDS_HOOK_ICMP_SEND);
 	if (!e)
 		return 0;
-	fill_kernel_event(e, skb, &l3, &th, idx, dir);
+	fill_kernel_event(e, skb, &l3, &th, idx, dir, NULL);
 	e->icmp_type = type;
 	e->icmp_code = code;
 	submit(e, IMDS_HOOK_ICMP_SEND);
@@ -568,7 +607,10 @@ int BPF_PROG(observe_connect, struct sock *sk, int oldstate, int newstate)
 	e->cgroup_id = bpf_get_current_cgroup_id();
 	e->pid = bpf_get_current_pid_tgid() >> 32;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 	e->flags |= IMDS_F_SK_PRESENT;
+	if (bpf_current_task_under_cgroup(&traced_cgroup, 0) == 1)
+		e->flags |= IMDS_F_IN_CGROUP;
 	submit(e, IMDS_HOOK_CONNECT);
 	return 0;
 }

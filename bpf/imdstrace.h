@@ -53,6 +53,7 @@ enum imds_family {
 #define IMDS_F_TRUNCATED 0x02   /* payload_len > copied bytes            */
 #define IMDS_F_HAS_REASON 0x04  /* drop_reason is a real reason value    */
 #define IMDS_F_ICMP_QUOTE 0x08  /* tuple parsed from an ICMP quote       */
+#define IMDS_F_IN_CGROUP 0x10   /* connect: the task is in the traced cgroup tree */
 
 /*
  * One observation of one packet at one hook.  Addresses and ports are in
@@ -68,7 +69,9 @@ struct imds_event {
 	__u64 location;     /* drop: kernel text address of the freeing site   */
 	__u32 drop_reason;  /* drop: enum skb_drop_reason value of this kernel */
 	__u32 ifindex;      /* device the skb is on (0 if none)                */
-	__u32 netns_cookie; /* low 32 bits of the skb's netns inode, 0 unknown */
+	__u32 netns;        /* network namespace inode number (as in
+			     * /proc/PID/ns/net) of the device or socket:
+			     * drop, icmp_send and connect events; 0 unknown */
 	__u32 seq;          /* TCP sequence number (host order)                */
 	__u32 ack_seq;      /* TCP acknowledgement number (host order)         */
 	__u32 payload_len;  /* TCP payload length in this packet               */
@@ -90,7 +93,8 @@ struct imds_event {
 	__u8 target_index;  /* index into the configured target table          */
 	__u8 pad[2];
 	__u32 pid;          /* connect: thread-group id of the connecting task */
-	__u8 comm[16];      /* connect: its command name                       */
+	__u8 comm[16];      /* connect: its command name; drop and icmp_send:
+			     * the device's name, resolved in its own netns */
 	__u8 payload[IMDS_PAYLOAD_MAX];
 };
 

@@ -30,12 +30,14 @@ typedef struct {
 } possible_net_t;
 
 struct net_device {
+	char name[16];
 	int ifindex;
 	possible_net_t nd_net;
 };
 
 struct sock_common {
 	unsigned short skc_family;
+	possible_net_t skc_net;
 	__be32 skc_daddr;
 	__be16 skc_dport;
 	struct in6_addr skc_v6_daddr;

@@ -63,6 +63,7 @@ PROJECT_FILES=(
   "$REPO/tests/e2e/attribution.sh:/repo/tests/e2e/attribution.sh"
   "$REPO/tests/e2e/failure_modes.sh:/repo/tests/e2e/failure_modes.sh"
   "$REPO/tests/e2e/probe.sh:/repo/tests/e2e/probe.sh"
+  "$REPO/tests/e2e/scope.sh:/repo/tests/e2e/scope.sh"
   "$BUILD_DIR/tests/testbed/k8s-api-standin:/usr/bin/k8s-api-standin"
   "$BUILD_DIR/tests/testbed/ttl-datapath:/usr/bin/ttl-datapath"
 )

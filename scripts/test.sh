@@ -19,7 +19,9 @@ scripts/testbed.sh sweep >/dev/null 2>&1 || true
 
 labels="unit|bpf|e2e"
 [ "$KERNELS" = 1 ] && labels="$labels|kernels"
-ctest --test-dir build --output-on-failure -L "^($labels)\$"
+# -j3: e2e tests mostly wait on their testbeds; ctest runs the RUN_SERIAL ones
+# (BPF_PROG_TEST_RUN, lifecycle, probe, attribution, the kernel matrix) alone.
+ctest --test-dir build --output-on-failure -j3 -L "^($labels)\$"
 
 # Figures, not a pass/fail test.
 if [ -x build/bench/imdstrace-bench ]; then

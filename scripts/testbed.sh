@@ -5,7 +5,7 @@
 # <prefix>-imds, <prefix>-node, <prefix>-podN[-c1] and in <cgroup2>/<prefix>/; the prefix must
 # match imdst-[a-z0-9]+ so nothing else is ever touched. Never configures the root namespace.
 #
-#   testbed.sh up    --prefix P --hop-limit N [--pods N] [--pod vpc|bridge|nested|hostnet ...]
+#   testbed.sh up    --prefix P --hop-limit N [--pods N] [--pod vpc|eni2|bridge|nested|hostnet ...]
 #                    [--kubepods systemd|cgroupfs] [--runtime containerd|crio|docker]
 #                    [--emulator PATH|none] [--cgroup-root DIR] [--tokens optional|required]
 #                    [--endpoint enabled|disabled] [--rate-limit RPS]
@@ -54,6 +54,13 @@ BR_NET4=198.18.64.0/24
 BR_GW4=198.18.64.1
 BR_NET6=fd00:198:18:64::/64
 BR_GW6=fd00:198:18:64::1
+# eni2 pods (VPC CNI, secondary ENI): 198.18.2.0/24, routed out of uplink1 by policy routing
+# (ip rule from <pod IP> lookup ENI2_TABLE), uplink1 = 198.18.4.2/24 toward the IMDS namespace
+ENI2_NET4=198.18.2.0/24
+ENI2_LINK_IMDS4=198.18.4.1
+ENI2_LINK_NODE4=198.18.4.2
+ENI2_TABLE=2
+ENI2_RULE_PREF=1536
 # inner containers of nested pods: 198.19.I.0/24 and fd00:198:19:I::/64 behind docker0 in the pod
 INNER_NET4_ALL=198.19.0.0/16
 NODE_NAME=ip-198-18-0-2.ec2.internal
@@ -595,6 +602,7 @@ plan_pod() {
     pset "$_s" $_i qos burstable
     case $_kind in
         vpc) _kns=kube-system _base=aws-load-balancer-controller-6b7f9c _sfx=x2x9q _cn=controller ;;
+        eni2) _kns=default _base=api-7f9b4c _sfx=m2n8p _cn=api ;;
         bridge) _kns=default _base=web-5d8f _sfx=abcde _cn=web ;;
         nested) _kns=ci _base=dind-runner-7c9d _sfx=qwert _cn=dind ;;
         hostnet) _kns=kube-system _base=kube-proxy _sfx=hn4kq _cn=kube-proxy ;;
@@ -639,6 +647,13 @@ plan_pod() {
     pset "$_s" $_i node_mac "$_hmac"
     pset "$_s" $_i pod_mac "$_pmac"
     case $_kind in
+        eni2)
+            _ip4=198.18.2.$((10 + _i))
+            _ip6=
+            _netns=$_p-pod$_i
+            _veth=veth$_i
+            _hops=1
+            ;;
         vpc | nested)
             _ip4=198.18.1.$((10 + _i))
             _ip6=fd00:198:18:1::$((10 + _i))
@@ -663,6 +678,7 @@ plan_pod() {
             ;;
     esac
     [ "$_v6" = 1 ] || [ "$_kind" = vpc ] || _ip6=
+    [ "$_kind" = eni2 ] && _ip6=
     pset "$_s" $_i ip4 "$_ip4"
     pset "$_s" $_i ip6 "$_ip6"
     _ips="\"$_ip4\""
@@ -715,12 +731,28 @@ setup_vpc_netns() {
     ipn "$_pns" route add default via "$POD_GW4" dev eth0
     ipn "$_pns" neigh add "$POD_GW4" lladdr "$_hmac" dev eth0 nud permanent
     ipn "$_nn" route add "$_ip4/32" dev "$_veth" scope link
-    if [ "$_v6" = 1 ]; then
+    if [ "$_v6" = 1 ] && [ -n "$_ip6" ]; then
         ipn "$_nn" addr add "$POD_GW6/64" dev "$_veth" nodad
         ipn "$_pns" addr add "$_ip6/128" dev eth0 nodad
         ipn "$_pns" -6 route add default via "$POD_GW6" dev eth0
         ipn "$_nn" -6 route add "$_ip6/128" dev "$_veth"
     fi
+}
+
+# a second ENI, once: uplink1 in the node, imds1 in the IMDS namespace, a routing table that
+# sends everything out of it (as the VPC CNI sets up a secondary ENI's table)
+setup_node_eni2() {
+    _s=$1
+    [ -f "$_s/eni2" ] && return 0
+    _p=$(cat "$_s/prefix")
+    ipn "$_p-imds" link add imds1 type veth peer name uplink1 netns "$_p-node"
+    ipn "$_p-imds" addr add "$ENI2_LINK_IMDS4/24" dev imds1
+    ipn "$_p-imds" link set imds1 up
+    ipn "$_p-imds" route add "$ENI2_NET4" via "$ENI2_LINK_NODE4" dev imds1
+    ipn "$_p-node" addr add "$ENI2_LINK_NODE4/24" dev uplink1
+    ipn "$_p-node" link set uplink1 up
+    ipn "$_p-node" route add default via "$ENI2_LINK_IMDS4" dev uplink1 table "$ENI2_TABLE"
+    echo 1 >"$_s/eni2"
 }
 
 # the node's cbr0 bridge and its masquerading, once
@@ -824,6 +856,12 @@ setup_pod() {
     _cgr=$(cat "$_s/cgroup_root")
     case $(pget "$_s" $_i kind) in
         vpc) setup_vpc_netns "$_s" "$_i" ;;
+        eni2)
+            setup_node_eni2 "$_s"
+            setup_vpc_netns "$_s" "$_i"
+            # the VPC CNI's rules for a pod on a secondary ENI: its traffic leaves by that ENI's table
+            ipn "$(cat "$_s/prefix")-node" rule add from "$(pget "$_s" $_i ip4)" lookup "$ENI2_TABLE" pref "$ENI2_RULE_PREF"
+            ;;
         bridge) setup_bridge_netns "$_s" "$_i" ;;
         nested)
             setup_vpc_netns "$_s" "$_i"
@@ -833,10 +871,37 @@ setup_pod() {
     esac
     mkdir -p "$_cgr$(pget "$_s" $_i container_cgroup_rel)" ||
         die "cannot create cgroup $_cgr$(pget "$_s" $_i container_cgroup_rel)"
+    start_sandbox "$_s" "$_i"
     if [ -f "$_s/pod$_i/inner_cgroup_rel" ]; then
         mkdir -p "$_cgr$(pget "$_s" $_i inner_cgroup_rel)" ||
             die "cannot create cgroup $_cgr$(pget "$_s" $_i inner_cgroup_rel)"
     fi
+}
+
+# The pod sandbox, as every real pod has one (the pause container): a process that only holds
+# the pod's network namespace, in its own cgroup below the pod's.  It is what tells a tracer
+# that the pod's namespace is part of this node even when the pod's clients live in nested
+# namespaces (docker-in-docker).  Ended by 'down' with everything in the testbed's cgroups.
+start_sandbox() {
+    _s=$1
+    _i=$2
+    _cgr=$(cat "$_s/cgroup_root")
+    _seed=$(str_hash "$(cat "$_s/prefix")")
+    _sid=$(hex_id $(((_seed + _i * 3571) % 2147483648)) 8)
+    case $(cat "$_s/kubepods"):$(cat "$_s/runtime") in
+        systemd:containerd) _sbn=cri-containerd-$_sid.scope ;;
+        systemd:crio) _sbn=crio-$_sid.scope ;;
+        systemd:docker) _sbn=docker-$_sid.scope ;;
+        cgroupfs:*) _sbn=$_sid ;;
+        *) _sbn=sandbox ;;
+    esac
+    _sbcg=$_cgr$(pget "$_s" $_i cgroup_rel)/$_sbn
+    mkdir -p "$_sbcg" || die "cannot create cgroup $_sbcg"
+    # shellcheck disable=SC2016
+    $NSENTER --net="$NETNS_DIR/$(pget "$_s" $_i netns)" -- sh -c 'echo $$ >"$1/cgroup.procs" && exec sleep 2147483647' \
+        sandbox "$_sbcg" </dev/null >/dev/null 2>&1 &
+    pset "$_s" $_i sandbox_pid $!
+    pset "$_s" $_i sandbox_cgroup_rel "$(pget "$_s" $_i cgroup_rel)/$_sbn"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -1012,7 +1077,7 @@ cmd_up() {
                         done
                         ;;
                     --pod)
-                        case $2 in vpc | bridge | nested | hostnet) ;; *) usage_die "up: --pod vpc|bridge|nested|hostnet" ;; esac
+                        case $2 in vpc | eni2 | bridge | nested | hostnet) ;; *) usage_die "up: --pod vpc|eni2|bridge|nested|hostnet" ;; esac
                         kinds="$kinds $2"
                         ;;
                     --kubepods)
@@ -1149,7 +1214,7 @@ cmd_up() {
     nvpc=0 nbridge=0 nnested=0 nhostnet=0
     for kind in $kinds; do
         case $kind in
-            vpc) nvpc=$((nvpc + 1)) k=$nvpc ;;
+            vpc | eni2) nvpc=$((nvpc + 1)) k=$nvpc ;;
             bridge) nbridge=$((nbridge + 1)) k=$nbridge ;;
             nested) nnested=$((nnested + 1)) k=$nnested ;;
             hostnet) nhostnet=$((nhostnet + 1)) k=$nhostnet ;;

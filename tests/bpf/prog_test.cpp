@@ -241,7 +241,7 @@ void check_event(const Bytes& record, Prog p, const Expect& x, std::uint64_t bef
     // Fields only drop/tracepoint events carry.
     EXPECT_EQ(e.drop_reason, 0u);
     EXPECT_EQ(e.location, 0u);
-    EXPECT_EQ(e.netns_cookie, 0u);
+    EXPECT_EQ(e.netns, 0u);
     // BPF_PROG_TEST_RUN puts the skb on the loopback device.
     EXPECT_EQ(e.ifindex, 1u);
     // The cgroup id is the socket's, at the socket hooks only.

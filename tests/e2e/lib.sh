@@ -17,21 +17,30 @@ PREFIX="imdst-e$$$(printf '%04x' $((RANDOM)))"
 PREFIX=${PREFIX//[^a-z0-9-]/}
 WORK=$(mktemp -d "/tmp/${PREFIX}.XXXXXX")
 TRACER_PID=""
+EXTRA_PIDS=()      # other processes a test started (second tracers, agents), killed on exit
+EXTRA_PREFIXES=()  # other testbeds a test brought up, taken down on exit
+EXTRA_NETNS=()     # network namespaces a test created by hand, deleted on exit
 FAILURES=0
 CHECKS=0
 
 cleanup() {
     local rc=$?
-    if [[ -n "$TRACER_PID" ]] && kill -0 "$TRACER_PID" 2>/dev/null; then
-        kill -TERM "$TRACER_PID" 2>/dev/null || true
-        wait "$TRACER_PID" 2>/dev/null || true
-    fi
+    local pid
+    for pid in "$TRACER_PID" "${EXTRA_PIDS[@]}"; do
+        if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+            kill -TERM "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        fi
+    done
     if [[ $rc -ne 0 || $FAILURES -ne 0 ]] && [[ -d "$WORK" ]]; then
         cp "/run/imdstrace-testbed/$PREFIX/emulator.log" "$WORK/" 2>/dev/null || true
         local keep="${E2E_ARTIFACTS:-/tmp/imdstrace-e2e-failures}/$(basename "$0" .sh)-${SCENARIO:-}-$PREFIX"
         mkdir -p "$keep" && cp -r "$WORK"/. "$keep"/ && echo "e2e: artifacts of the failed run kept in $keep" >&2
     fi
     "$TESTBED" down --prefix "$PREFIX" >/dev/null 2>&1 || true
+    local p
+    for p in "${EXTRA_PREFIXES[@]}"; do "$TESTBED" down --prefix "$p" >/dev/null 2>&1 || true; done
+    for p in "${EXTRA_NETNS[@]}"; do ip netns delete "$p" 2>/dev/null || true; done
     rm -rf "$WORK"
     exit "$rc"
 }
@@ -55,6 +64,20 @@ testbed_up() {  # testbed_up HOP_LIMIT [extra testbed args...]
     . "/run/imdstrace-testbed/$PREFIX/env"
 }
 
+# A second testbed (same addresses, other namespaces: another node on the same machine).
+second_testbed_up() {  # second_testbed_up PREFIX2 HOP_LIMIT [extra testbed args...]
+    local p=$1 hop=$2; shift 2
+    EXTRA_PREFIXES+=("$p")
+    "$TESTBED" up --prefix "$p" --hop-limit "$hop" --emulator "$IMDS_EMULATOR" "$@" >"$WORK/testbed-$p.log" 2>&1 ||
+        { cat "$WORK/testbed-$p.log" >&2; fail "testbed $p up failed"; exit 1; }
+}
+
+# A variable of another testbed's env file.
+testbed_var() {  # testbed_var PREFIX NAME
+    # shellcheck disable=SC1090
+    (. "/run/imdstrace-testbed/$1/env" && eval "printf '%s' \"\${$2}\"")
+}
+
 # Start the tracer in the node namespace; returns once its probes are attached.
 tracer_start() {  # tracer_start OUTFILE imdstrace-args...
     local out=$1; shift
@@ -62,7 +85,10 @@ tracer_start() {  # tracer_start OUTFILE imdstrace-args...
     nsenter --net="$NODE_NETNS_PATH" "$IMDSTRACE" "$@" --ready-file "$WORK/ready" >"$out" 2>"$out.err" &
     TRACER_PID=$!
     for _ in $(seq 100); do
-        [[ -f "$WORK/ready" ]] && return 0
+        if [[ -f "$WORK/ready" ]]; then
+            record_programs "$TRACER_PID"
+            return 0
+        fi
         kill -0 "$TRACER_PID" 2>/dev/null || break
         sleep 0.1
     done
@@ -124,16 +150,38 @@ expect_no_grep() {
     if grep -qE -- "$3" "$2"; then fail "$1: /$3/ found in $2"; else pass "$1"; fi
 }
 
+# The BPF programs a running tracer holds (prog_id in the fdinfo of its program
+# and link fds): what expect_clean then checks is gone, so tests that run at the
+# same time (ctest -j) never see each other's programs.
+TRACER_PROGS=""
+record_programs() {  # record_programs PID
+    TRACER_PROGS=$(grep -h '^prog_id:' /proc/"$1"/fdinfo/* 2>/dev/null | awk '{print $2}' | sort -un | tr '\n' ' ')
+    [[ -n "$TRACER_PROGS" ]] || fail "cannot read the tracer's BPF program ids from /proc/$1/fdinfo"
+}
+
 # No imdstrace program may remain loaded, and nothing may remain attached to
 # the uplink or the cgroup.  Program release is asynchronous: poll briefly.
+# With the tracer's own program ids recorded, exactly those must be gone;
+# otherwise (a tracer started by hand) no imdstrace program may be loaded at all.
 expect_clean() {
-    local what=$1 left=""
+    local what=$1 left="" id
     for _ in $(seq 30); do
-        left=$(bpftool prog show 2>/dev/null | grep -E "name (uplink_ingress|uplink_egress|socket_egress|socket_ingress|observe_drop|observe_icmp_send)" || true)
+        if [[ -n "$TRACER_PROGS" ]]; then
+            left=""
+            for id in $TRACER_PROGS; do
+                bpftool prog show id "$id" >/dev/null 2>&1 && left="$left $id"
+            done
+        else
+            left=$(bpftool prog show 2>/dev/null | grep -E "name (uplink_ingress|uplink_egress|socket_egress|socket_ingress|observe_drop|observe_icmp_send)" || true)
+        fi
         [[ -z "$left" ]] && break
         sleep 0.1
     done
-    if [[ -z "$left" ]]; then pass "$what: no imdstrace BPF program left loaded"; else fail "$what: programs left: $left"; fi
+    if [[ -z "$left" ]]; then
+        pass "$what: no imdstrace BPF program left loaded${TRACER_PROGS:+ (its programs $TRACER_PROGS)}"
+    else
+        fail "$what: programs left: $left"
+    fi
     local filters
     filters=$(in_node tc filter show dev "$NODE_IFACE" ingress 2>/dev/null; in_node tc filter show dev "$NODE_IFACE" egress 2>/dev/null)
     expect_eq "$what: no tc filter on $NODE_IFACE" "${filters:-none}" "none"

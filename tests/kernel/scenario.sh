@@ -9,6 +9,9 @@
 #   attribution in the four pod topologies (k8s-node resolver, NAT, nested)
 #   a FORWARD policy drop (BLOCKED) and a Cilium-style tc TTL drop
 #   probe from inside a pod
+#   only this node, only this window: after the fix, two testbeds with the same
+#   addresses, a proxy's socket bookkeeping in another namespace, a 403 token
+#   answer, the node-local Pod Identity agent, a pod on a second ENI
 #
 # Contract with the runner: progress lines start with "scenario:", exit 0 on
 # success.  No NIC exists in the guest: everything lives in namespaces.
@@ -26,7 +29,9 @@ imdstrace check 2>&1 | grep -E 'kernel|drop path|icmp path|tc attach|bpf load' |
 
 rc=0
 for t in "hop_limit.sh limit1" "hop_limit.sh limit2" "hop_limit.sh ipv6" "lifecycle.sh signals" \
-	"attribution.sh k8s_node" "failure_modes.sh blocked" "failure_modes.sh cilium" "probe.sh failing"; do
+	"attribution.sh k8s_node" "failure_modes.sh blocked" "failure_modes.sh cilium" "probe.sh failing" \
+	"scope.sh after_fix" "scope.sh two_nodes" "scope.sh bookkeeping" "scope.sh xff" "scope.sh node_local" \
+	"scope.sh eni2"; do
 	say "== $t"
 	# dash has no pipefail: the test's status travels through a file.
 	# shellcheck disable=SC2086

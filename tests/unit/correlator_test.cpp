@@ -472,3 +472,96 @@ TEST_F(CorrelatorTest, ConnectEventAttributesProcessByCookie) {
     EXPECT_EQ(out[0].process->comm, "controller");
     EXPECT_EQ(out[0].cgroup_id, 77u);
 }
+
+namespace {
+
+// "This window": leftovers of a connection opened before tracing (IMDS
+// retransmitting a token response with the old, lower hop limit) are
+// marked, not mixed with the connections opened while tracing.
+TEST_F(CorrelatorTest, ConnectionNotSeenOpenIsOpenedBeforeTheWindow) {
+    using H = Hook;
+    using D = Direction;
+    const auto stale = flow("198.18.1.11:40000");
+    for (double t : {1000.0, 1400.0, 2200.0})
+        feed({
+            Ob(t, H::uplink_ingress, D::from_target, stale).ttl(1).seq(9001).response(200),
+            Ob(t + 0.01, H::drop, D::from_target, stale).ttl(1).seq(9001).reason(kReasonIpInhdr).location(kIpForward),
+        });
+    const auto fresh = flow("198.18.1.11:40002");
+    const std::string put = http_req("PUT", "/latest/api/token", "X-aws-ec2-metadata-token-ttl-seconds: 60\r\n");
+    feed({
+        Ob(1500, H::cgroup_egress, D::to_target, fresh).ttl(64).flags(tcp::syn).seq(100).cgroup(42),
+        Ob(1500.1, H::uplink_egress, D::to_target, fresh).ttl(63).flags(tcp::syn).seq(100),
+        Ob(1501, H::cgroup_egress, D::to_target, fresh).ttl(64).seq(101).cgroup(42).request(put),
+        Ob(1502, H::uplink_ingress, D::from_target, fresh).ttl(2).seq(700).response(200),
+        Ob(1502.1, H::cgroup_ingress, D::from_target, fresh).ttl(1).seq(700).response(200).cgroup(42),
+    });
+    corr->flush();
+    ASSERT_EQ(out.size(), 2u);
+    const auto& delivered = out[0];
+    EXPECT_EQ(delivered.client_flow, fresh);
+    EXPECT_FALSE(delivered.opened_before_window);
+    const auto& leftover = out[1];
+    EXPECT_EQ(leftover.client_flow, stale);
+    EXPECT_TRUE(leftover.opened_before_window);
+    ASSERT_EQ(leftover.drops.size(), 1u);
+    EXPECT_EQ(leftover.drops[0].count, 3u);
+}
+
+TEST_F(CorrelatorTest, ConnectEventOrDroppedSynOpensInTheWindow) {
+    using H = Hook;
+    using D = Direction;
+    // A SYN dropped before any hook saw it (the pod's own OUTPUT chain).
+    const auto dropped = flow("198.18.1.12:40000");
+    feed({Ob(1000, H::drop, D::to_target, dropped).ttl(64).flags(tcp::syn).seq(5).reason(kReasonNetfilter)});
+    // connect() seen, then a packet that is not the SYN (the SYN's event was lost).
+    Observation connect;
+    connect.hook = H::connect;
+    connect.sk_cookie = 77;
+    connect.pid = 10;
+    connect.comm = "sdk";
+    corr->observe(connect);
+    const auto lost_syn = flow("198.18.1.12:40002");
+    auto data = Ob(1001, H::cgroup_egress, D::to_target, lost_syn).ttl(64).seq(9);
+    data.o.sk_cookie = 77;
+    corr->observe(data);
+    corr->flush();
+    ASSERT_EQ(out.size(), 2u);
+    for (const auto& t : out) EXPECT_FALSE(t.opened_before_window) << t.client_flow.client.str();
+}
+
+// A process freeing its sockets' queues (a proxy closing the connections
+// it made on a pod's behalf) is no transaction.
+TEST_F(CorrelatorTest, SocketBookkeepingAloneIsNoTransaction) {
+    make({});
+    corr = std::make_unique<Correlator>([this](Transaction&& t) { out.push_back(std::move(t)); },
+                                        [](std::uint32_t) -> std::string { return "QUEUE_PURGE"; },
+                                        [](std::uint64_t) -> std::string { return "sk_stream_kill_queues"; });
+    for (int i = 0; i < 5; ++i) {
+        auto key = flow(("198.18.0.9:" + std::to_string(41000 + i)).c_str());
+        corr->observe(Ob(1000 + i, Hook::drop, Direction::from_target, key).ttl(64).reason(1).location(1));
+    }
+    corr->flush();
+    EXPECT_TRUE(out.empty());
+    EXPECT_EQ(corr->bookkeeping_frees(), 5u);
+    EXPECT_EQ(corr->unmatched_events(), 0u);
+}
+
+TEST_F(CorrelatorTest, LossMarksOpenConnectionsIncomplete) {
+    using H = Hook;
+    using D = Direction;
+    const auto before = flow("198.18.1.5:40000");
+    const auto after = flow("198.18.1.5:40001");
+    feed({Ob(1000, H::cgroup_egress, D::to_target, before).ttl(64).flags(tcp::syn).seq(1).cgroup(42)});
+    corr->note_loss();
+    feed({Ob(1001, H::cgroup_egress, D::to_target, after).ttl(64).flags(tcp::syn).seq(1).cgroup(42)});
+    corr->flush();
+    ASSERT_EQ(out.size(), 2u);
+    EXPECT_TRUE(out[0].incomplete);
+    EXPECT_FALSE(out[1].incomplete);
+    // Nothing came back on the incomplete one: that absence is no verdict.
+    auto r = classify(out[0], "169.254.169.254:80");
+    EXPECT_EQ(r.verdict, Verdict::no_response);
+}
+
+}  // namespace

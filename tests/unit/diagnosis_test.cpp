@@ -41,6 +41,7 @@ TransactionRecord rec(std::optional<PodInfo> p, const char* client, Verdict v, H
 // A token PUT that ran out of hops: response TTL 1 at the node, pod `hops` away.
 TransactionRecord hop_failure(std::optional<PodInfo> p, const char* client, int hops = 1, int ttl = 1) {
     auto t = rec(std::move(p), client, Verdict::hop_limit_exceeded, req("PUT", "/latest/api/token"));
+    t.status = 200;  // the token was issued: its response was seen arriving at the uplink
     t.ttl_at_node = ttl;
     t.hops = hops;
     t.required_hop_limit = hops + 1;
@@ -294,3 +295,104 @@ TEST(Diagnosis, NoWarningWithoutAnObservedHopLimit) {
     b.add(ok_get(pod("ci", "runner"), "198.19.1.2:40001", false, 64, 2));
     EXPECT_TRUE(b.build(30, {}).warnings.empty());
 }
+
+namespace {
+
+// After the fix: leftovers of connections opened at hop limit 1 are set
+// aside; the connections opened in the window decide, and no figure mixes
+// one connection's TTL with another's hops.
+TEST(Diagnosis, ConnectionsOpenedBeforeTracingAreSetAside) {
+    DiagnosisBuilder b;
+    auto p = pod("kube-system", "aws-load-balancer-controller");
+    auto stale = hop_failure(p, "198.18.1.11:40000", 1, 1);
+    stale.opened_before_tracing = true;
+    b.add(stale);
+    b.add(stale);
+    auto fresh = rec(p, "198.18.1.11:40002", Verdict::ok, req("PUT", "/latest/api/token"));
+    fresh.status = 200;
+    fresh.ttl_at_node = 2;
+    fresh.hops = 1;
+    fresh.required_hop_limit = 2;
+    b.add(fresh);
+    auto d = b.build(10, {});
+    EXPECT_FALSE(d.failing());
+    EXPECT_TRUE(d.findings.empty());
+    ASSERT_EQ(d.pods.size(), 1u);
+    EXPECT_EQ(d.pods[0].verdict, Verdict::ok);
+    EXPECT_EQ(d.pods[0].transactions, 1);
+    EXPECT_EQ(d.hop_limit_observed, 2);
+    EXPECT_EQ(d.transactions, 1);
+    EXPECT_EQ(d.set_aside.opened_before_tracing, 2u);
+    ASSERT_EQ(d.set_aside.opened_before_tracing_drops.size(), 1u);
+    EXPECT_EQ(d.set_aside.opened_before_tracing_drops.begin()->second, 6u);
+    EXPECT_NE(d.set_aside.opened_before_tracing_drops.begin()->first.find("ip_forward"), std::string::npos);
+}
+
+TEST(Diagnosis, RequiredHopLimitFromEachConnectionsOwnEvidence) {
+    DiagnosisBuilder b;
+    // Another client's token response arrived with TTL 2 (not this pod's).
+    auto other = rec(pod("default", "web"), "198.18.1.20:1", Verdict::ok, req("PUT", "/latest/api/token"));
+    other.status = 200;
+    other.ttl_at_node = 2;
+    other.hops = 1;
+    other.required_hop_limit = 2;
+    b.add(other);
+    // This pod's failure, 1 hop away with TTL 1 on its own connection: needs 2, not 3.
+    b.add(hop_failure(pod("kube-system", "alb"), "198.18.1.11:2", 1, 1));
+    auto d = b.build(10, {});
+    ASSERT_EQ(d.findings.size(), 1u);
+    EXPECT_NE(d.findings[0].fix.find("httpPutResponseHopLimit: 2"), std::string::npos) << d.findings[0].fix;
+    EXPECT_EQ(d.findings[0].fix.find("httpPutResponseHopLimit: 3"), std::string::npos) << d.findings[0].fix;
+}
+
+TEST(Diagnosis, NoMeasuredDistanceNoNumberInTheFix) {
+    DiagnosisBuilder b;
+    auto t = hop_failure(pod("kube-system", "alb"), "198.18.1.11:2", 1, 1);
+    t.hops.reset();
+    t.required_hop_limit.reset();
+    b.add(t);
+    auto d = b.build(10, {});
+    ASSERT_EQ(d.findings.size(), 1u);
+    EXPECT_EQ(d.findings[0].fix.find("httpPutResponseHopLimit: "), std::string::npos) << d.findings[0].fix;
+    EXPECT_NE(d.findings[0].fix.find("could not measure"), std::string::npos) << d.findings[0].fix;
+}
+
+TEST(Diagnosis, OnlyATokenGrantTellsTheHopLimit) {
+    DiagnosisBuilder b;
+    // PUT with X-Forwarded-For: IMDS answers 403 with the default TTL.
+    auto xff = rec(std::nullopt, "198.18.0.2:1", Verdict::forbidden, req("PUT", "/latest/api/token"));
+    xff.status = 403;
+    xff.ttl_at_node = 64;
+    b.add(xff);
+    auto d = b.build(1, {});
+    EXPECT_FALSE(d.hop_limit_observed);
+}
+
+TEST(Diagnosis, IncompleteWithOnlyAbsenceIsNoVerdict) {
+    DiagnosisBuilder b;
+    auto t = rec(pod("a", "b"), "198.18.1.5:1", Verdict::no_response, req("PUT", "/latest/api/token"));
+    t.incomplete = true;
+    b.add(t);
+    b.add_session_counts(3, 4, 17);
+    auto d = b.build(1, {});
+    EXPECT_FALSE(d.failing());
+    EXPECT_TRUE(d.pods.empty());
+    EXPECT_EQ(d.set_aside.incomplete, 1u);
+    EXPECT_EQ(d.set_aside.other_namespaces, 3u);
+    EXPECT_EQ(d.set_aside.socket_bookkeeping, 4u);
+    EXPECT_EQ(d.set_aside.events_lost, 17u);
+}
+
+TEST(Diagnosis, NodeLocalAgentFixNamesTheAgentNotImds) {
+    DiagnosisBuilder b;
+    auto t = rec(pod("a", "b"), "198.18.1.5:1", Verdict::no_response, req("GET", "/v1/credentials"));
+    t.server = *Endpoint::parse("169.254.170.23:80", 0);
+    t.target_on_node = true;
+    b.add(t);
+    auto d = b.build(1, {});
+    ASSERT_EQ(d.findings.size(), 1u);
+    EXPECT_NE(d.findings[0].fix.find("agent on this node"), std::string::npos) << d.findings[0].fix;
+    EXPECT_EQ(d.findings[0].fix.find("throttle"), std::string::npos) << d.findings[0].fix;
+}
+
+}  // namespace

@@ -19,7 +19,7 @@ PIN(imds_event, sk_cookie, 16, 8);
 PIN(imds_event, location, 24, 8);
 PIN(imds_event, drop_reason, 32, 4);
 PIN(imds_event, ifindex, 36, 4);
-PIN(imds_event, netns_cookie, 40, 4);
+PIN(imds_event, netns, 40, 4);
 PIN(imds_event, seq, 44, 4);
 PIN(imds_event, ack_seq, 48, 4);
 PIN(imds_event, payload_len, 52, 4);
@@ -61,7 +61,7 @@ TEST(EventLayout, NoImplicitPadding) {
     constexpr std::size_t event_fields =
         FSIZE(imds_event, ts_ns) + FSIZE(imds_event, cgroup_id) + FSIZE(imds_event, sk_cookie) +
         FSIZE(imds_event, location) + FSIZE(imds_event, drop_reason) + FSIZE(imds_event, ifindex) +
-        FSIZE(imds_event, netns_cookie) + FSIZE(imds_event, seq) + FSIZE(imds_event, ack_seq) +
+        FSIZE(imds_event, netns) + FSIZE(imds_event, seq) + FSIZE(imds_event, ack_seq) +
         FSIZE(imds_event, payload_len) + FSIZE(imds_event, saddr) + FSIZE(imds_event, daddr) +
         FSIZE(imds_event, sport) + FSIZE(imds_event, dport) + FSIZE(imds_event, ip_id) + FSIZE(imds_event, copied) +
         FSIZE(imds_event, hook) + FSIZE(imds_event, direction) + FSIZE(imds_event, family) +
@@ -89,7 +89,7 @@ TEST(EventLayout, EnumValues) {
     EXPECT_EQ(IMDS_AF_INET, 4);
     EXPECT_EQ(IMDS_AF_INET6, 6);
     EXPECT_EQ(IMDS_CNT_MAX, 4);
-    EXPECT_EQ(IMDS_F_SK_PRESENT | IMDS_F_TRUNCATED | IMDS_F_HAS_REASON | IMDS_F_ICMP_QUOTE, 0x0f);
+    EXPECT_EQ(IMDS_F_SK_PRESENT | IMDS_F_TRUNCATED | IMDS_F_HAS_REASON | IMDS_F_ICMP_QUOTE | IMDS_F_IN_CGROUP, 0x1f);
 }
 
 }  // namespace

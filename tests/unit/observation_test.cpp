@@ -67,7 +67,7 @@ TEST(DecodeEvent, V4RequestAtCgroupEgress) {
     b.e.cgroup_id = 4242;
     b.e.sk_cookie = 77;
     b.e.ifindex = 3;
-    b.e.netns_cookie = 4026531840u;
+    b.e.netns = 4026531840u;
     b.e.flags = IMDS_F_SK_PRESENT;
     b.e.target_index = 0;
     b.payload("PUT /latest/api/token HTTP/1.1\r\nX-aws-ec2-metadata-token-ttl-seconds: 21600\r\n\r\n");

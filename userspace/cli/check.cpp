@@ -1,10 +1,12 @@
 #include "cli/check.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 #include <iostream>
 
@@ -57,24 +59,45 @@ int run_check(const SessionOptions& opts, const std::string& output) {
                          "mount cgroup2 (mount -t cgroup2 none /sys/fs/cgroup) or pass --cgroup DIR / --cgroup none"});
     }
 
-    bool any_uplink = false;
+    // Every target must be reachable some way: through uplinks (every
+    // interface a routing rule can send it through) or on this node itself
+    // (a node-local agent, seen by the socket hooks).
+    bool any_path = false;
+    std::vector<std::string> uplink_names;
     for (const auto& t : opts.targets) {
-        std::string why;
-        auto i = route_interface(t.addr, &why);
-        any_uplink |= i.has_value();
-        lines.push_back({"uplink " + t.str(), i.has_value(), false, i ? "via " + i->name : "no route (" + why + ")",
-                         "no route to this target from this network namespace; pass --iface NAME if it is reached "
-                         "some other way"});
+        auto routes = target_routes(t.addr);
+        std::string names;
+        for (const auto& i : routes.uplinks) {
+            names += (names.empty() ? "" : ", ") + i.name;
+            if (std::find(uplink_names.begin(), uplink_names.end(), i.name) == uplink_names.end())
+                uplink_names.push_back(i.name);
+        }
+        if (routes.local) {
+            bool hooks = opts.cgroup != "none";
+            any_path |= hooks;
+            lines.push_back({"uplink " + t.str(), hooks, false,
+                             "an address of this node (a node-local agent): traced by the socket hooks, no uplink",
+                             "node-local targets are seen only by the socket hooks: drop --cgroup none"});
+        } else {
+            any_path |= !routes.uplinks.empty();
+            lines.push_back({"uplink " + t.str(), !routes.uplinks.empty(), false,
+                             routes.uplinks.empty() ? "no route (" + routes.error + ")" : "via " + names,
+                             "no route to this target from this network namespace; pass --iface NAME if it is reached "
+                             "some other way"});
+        }
     }
     if (!opts.ifaces.empty()) {
         for (const auto& n : opts.ifaces) {
             auto i = interface_by_name(n);
-            any_uplink |= i.has_value();
+            any_path |= i.has_value();
             lines.push_back({"iface " + n, i.has_value(), true, i ? "ifindex " + std::to_string(i->ifindex) : "absent",
                              "no interface of that name in this network namespace"});
         }
     }
-    lines.push_back({"uplinks", any_uplink, true, any_uplink ? "found" : "none",
+    lines.push_back({"uplinks", any_path, true,
+                     uplink_names.empty() ? (any_path ? "none needed (node-local targets only)" : "none")
+                                          : fmt::format("{} (every interface a routing rule sends a target through)",
+                                                        fmt::join(uplink_names, ", ")),
                      "no interface routes to a target: pass --iface NAME (the interface toward IMDS)"});
 
     lines.push_back({"drop path", true, false,

@@ -156,8 +156,11 @@ int run_diagnose(const CommonArgs& a) {
         builder.add(r);
         if (a.output == "text") std::cerr << "  " << format_transaction(r, style) << std::endl;
     });
-    auto c = session.counters();
-    if (c.lost) spdlog::warn("{} events were lost (ring buffer full): figures are lower bounds", c.lost);
+    auto aside = session.set_aside();
+    if (aside.events_lost)
+        spdlog::warn("{} events were lost (ring buffer full): the transactions they touch are marked incomplete",
+                     aside.events_lost);
+    builder.add_session_counts(aside.other_namespaces, aside.socket_bookkeeping, aside.events_lost);
     return print_diagnosis(builder.build(session.window_s(), session.target_strings()), a.output);
 }
 
@@ -181,6 +184,12 @@ int run_report(const std::string& file, const CommonArgs& a) {
             auto j = nlohmann::json::parse(line);
             if (j.value("schema", "") == kSessionSchema) {
                 recorded_window += j.value("window_s", 0.0);
+                if (j.contains("set_aside") && j["set_aside"].is_object()) {
+                    const auto& sa = j["set_aside"];
+                    builder.add_session_counts(sa.value("other_namespace_events", std::uint64_t{0}),
+                                               sa.value("socket_bookkeeping_frees", std::uint64_t{0}),
+                                               sa.value("events_lost", std::uint64_t{0}));
+                }
                 for (const auto& t : j.value("targets", std::vector<std::string>{}))
                     if (std::find(recorded_targets.begin(), recorded_targets.end(), t) == recorded_targets.end())
                         recorded_targets.push_back(t);

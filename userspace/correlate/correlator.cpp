@@ -4,6 +4,20 @@
 
 namespace imdstrace {
 
+bool DropRecord::endpoint_bookkeeping() const {
+    const auto& d = *this;
+    if (d.reason.starts_with("TCP_") || d.reason == "NO_SOCKET" || d.reason == "SOCKET_CLOSE" ||
+        d.reason == "QUEUE_PURGE")
+        return true;
+    // Kernels before ~6.2 free a closing socket's queues without a specific
+    // reason (NOT_SPECIFIED): judge those by where they were freed.
+    if (d.reason.empty() || d.reason == "NOT_SPECIFIED") {
+        for (std::string_view socket_layer : {"tcp_", "sk_", "__sk_", "inet_", "__inet_", "skb_queue_purge"})
+            if (d.location.starts_with(socket_layer)) return true;
+    }
+    return false;
+}
+
 struct Correlator::Exchange {
     std::optional<HttpRequest> request;
     std::optional<std::uint32_t> request_seq;
@@ -44,6 +58,8 @@ struct Correlator::Connection {
     std::uint64_t last_ns = 0;
     std::uint64_t closed_ns = 0;
     bool finished = false;
+    bool opened_in_window = false;  // its SYN or connect() was seen
+    bool incomplete = false;        // events lost while it was open
 };
 
 Correlator::Correlator(Sink sink, ReasonNamer reasons, LocationNamer locations, CorrelatorOptions opts)
@@ -102,6 +118,12 @@ Correlator::Connection* Correlator::find_or_create(const Observation& o) {
     if (either_side) {
         if (auto* c = lookup(by_socket_, o.flow)) return c;
         if (auto* c = lookup(by_uplink_, o.flow)) return c;
+        // A socket freeing its own queues (a proxy closing its
+        // connections, a stale duplicate) is no connection of its own.
+        if (o.hook == Hook::drop && drop_record(o).endpoint_bookkeeping()) {
+            ++bookkeeping_frees_;
+            return nullptr;
+        }
         ++unmatched_;
         return create(o, true);
     }
@@ -165,7 +187,15 @@ void Correlator::observe(const Observation& o) {
         return;
     }
     Connection* c = find_or_create(o);
+    if (!c) return;
+    // Seen open: its SYN (at any hook, a dropped one too).
+    if (o.direction == Direction::to_target && o.is_syn()) c->opened_in_window = true;
     apply(*c, o);
+}
+
+void Correlator::note_loss() {
+    for (auto& [id, c] : conns_)
+        if (!c->finished) c->incomplete = true;
 }
 
 void Correlator::apply(Connection& c, const Observation& o) {
@@ -183,6 +213,7 @@ void Correlator::on_to_target(Connection& c, const Observation& o) {
             // A node process outside the traced cgroup still has a cgroup.
             if (!c.cgroup_id) c.cgroup_id = it->second.cgroup_id;
             c.cookie = o.sk_cookie;
+            c.opened_in_window = true;  // connect() happened while tracing
             by_cookie_.erase(it);
         }
     }
@@ -264,16 +295,21 @@ void Correlator::on_from_target(Connection& c, const Observation& o) {
     }
 }
 
-void Correlator::on_drop(Connection& c, const Observation& o) {
-    const bool response = o.direction == Direction::from_target;
-    Exchange* x = response ? &answered_by(c, o.seq) : &current(c);
-    x->end_ns = std::max(x->end_ns, o.ts_ns);
+DropRecord Correlator::drop_record(const Observation& o) const {
     DropRecord d;
     d.reason = o.drop_reason ? reasons_(*o.drop_reason) : std::string{};
     d.location = locations_(o.location);
     d.ttl = o.ttl;
-    d.response = response;
+    d.response = o.direction == Direction::from_target;
     d.count = 1;
+    return d;
+}
+
+void Correlator::on_drop(Connection& c, const Observation& o) {
+    const bool response = o.direction == Direction::from_target;
+    Exchange* x = response ? &answered_by(c, o.seq) : &current(c);
+    x->end_ns = std::max(x->end_ns, o.ts_ns);
+    DropRecord d = drop_record(o);
     auto same = std::find_if(x->drops.begin(), x->drops.end(), [&d](const DropRecord& r) {
         return r.reason == d.reason && r.location == d.location && r.ttl == d.ttl && r.response == d.response;
     });
@@ -314,6 +350,8 @@ Transaction Correlator::to_transaction(const Connection& c, const Exchange& x) c
     // The same ICMP errors are seen twice where both hooks exist.
     t.icmp_time_exceeded = std::max(x.icmp_at_uplink, x.icmp_sent);
     t.retransmits = x.retransmits;
+    t.opened_before_window = !c.opened_in_window;
+    t.incomplete = c.incomplete;
     return t;
 }
 

@@ -45,14 +45,22 @@ public:
     // Emit everything still open (end of a trace window).
     void flush();
 
+    // Events were lost (ring buffer full): every connection open now is
+    // marked incomplete.
+    void note_loss();
+
     std::size_t open_connections() const;
     std::uint64_t unmatched_events() const { return unmatched_; }
+    // Socket-bookkeeping frees (DropRecord::endpoint_bookkeeping) of no
+    // connection it followed: set aside, never a transaction.
+    std::uint64_t bookkeeping_frees() const { return bookkeeping_frees_; }
 
 private:
     struct Connection;
     struct Exchange;
 
     Connection* find_or_create(const Observation& o);
+    DropRecord drop_record(const Observation& o) const;
     Connection* create(const Observation& o, bool socket_side);
     void link_uplink(Connection& c, const FlowKey& k);
     void apply(Connection& c, const Observation& o);
@@ -73,6 +81,7 @@ private:
     CorrelatorOptions opts_;
     std::uint64_t next_id_ = 1;
     std::uint64_t unmatched_ = 0;
+    std::uint64_t bookkeeping_frees_ = 0;
     std::map<std::uint64_t, std::unique_ptr<Connection>> conns_;  // id order = age order
     std::unordered_map<FlowKey, std::uint64_t, FlowKeyHash> by_socket_;
     std::unordered_map<FlowKey, std::uint64_t, FlowKeyHash> by_uplink_;

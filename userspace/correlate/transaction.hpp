@@ -19,6 +19,12 @@ struct DropRecord {
     std::uint8_t ttl = 0;  // TTL of the dropped packet
     bool response = false; // the dropped packet came from the target
     std::uint32_t count = 0;
+
+    // A TCP endpoint's own bookkeeping (duplicate or stale segments,
+    // segments for a socket that is gone, a closing socket's queues freed),
+    // not a failure of the path: kept as seen, never the basis of a verdict,
+    // and never a transaction on its own.
+    bool endpoint_bookkeeping() const;
 };
 
 // The task that called connect() for the client socket.
@@ -49,6 +55,13 @@ struct Transaction {
     bool handshake_answered = false;  // SYN-ACK seen from the target
     bool server_reset = false;        // RST from the target
     bool client_closed = false;       // FIN or RST from the client
+    // "This window": the tracer did not see this connection open (no SYN,
+    // no connect()): its packets are leftovers of a connection made before
+    // tracing began.  Such a transaction never enters a verdict.
+    bool opened_before_window = false;
+    // Events were lost (ring buffer full) while it was open: what is
+    // missing may be exactly what would have changed its verdict.
+    bool incomplete = false;
 
     std::vector<DropRecord> drops;
     std::uint32_t icmp_time_exceeded = 0;

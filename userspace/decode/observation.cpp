@@ -55,18 +55,25 @@ std::optional<Observation> decode_event(std::span<const std::uint8_t> record, bo
     o.cgroup_id = e.cgroup_id;
     o.sk_cookie = e.sk_cookie;
     o.ifindex = e.ifindex;
-    o.netns = e.netns_cookie;
+    o.netns = e.netns;
     o.has_socket = e.flags & IMDS_F_SK_PRESENT;
     o.location = e.location;
     if (o.hook == Hook::drop && (e.flags & IMDS_F_HAS_REASON)) o.drop_reason = e.drop_reason;
     o.icmp_type = e.icmp_type;
     o.icmp_code = e.icmp_code;
     o.target_index = e.target_index;
+    auto name16 = [&e] {
+        std::string s(reinterpret_cast<const char*>(e.comm), strnlen(reinterpret_cast<const char*>(e.comm), sizeof(e.comm)));
+        for (auto& c : s)
+            if (!std::isprint(static_cast<unsigned char>(c))) c = '?';
+        return s;
+    };
     if (o.hook == Hook::connect) {
         o.pid = e.pid;
-        o.comm.assign(reinterpret_cast<const char*>(e.comm), strnlen(reinterpret_cast<const char*>(e.comm), sizeof(e.comm)));
-        for (auto& c : o.comm)
-            if (!std::isprint(static_cast<unsigned char>(c))) c = '?';
+        o.comm = name16();
+        o.in_traced_cgroup = e.flags & IMDS_F_IN_CGROUP;
+    } else if (o.hook == Hook::drop || o.hook == Hook::icmp_send) {
+        o.ifname = name16();
     }
 
     std::size_t copied = std::min<std::size_t>(e.copied, IMDS_PAYLOAD_MAX);

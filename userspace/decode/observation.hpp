@@ -45,8 +45,14 @@ struct Observation {
     std::uint64_t cgroup_id = 0;
     std::uint64_t sk_cookie = 0;
     std::uint32_t ifindex = 0;
+    // Network namespace inode (drop, icmp_send, connect); 0 when the hook
+    // does not say (tc: the tracer's own; cgroup: a socket of the traced tree).
     std::uint32_t netns = 0;
+    // drop and icmp_send: the device's name in its own namespace.
+    std::string ifname;
     bool has_socket = false;
+    // connect: the task is below the traced cgroup (its namespace is this node's).
+    bool in_traced_cgroup = false;
     // drop events
     std::uint64_t location = 0;
     std::optional<std::uint32_t> drop_reason;

@@ -252,6 +252,7 @@ KernelFeatures KernelFeatures::probe() {
     if (!vmlinux) return kf;
     kf.has_btf = true;
     kf.kfree_skb_reason = tracepoint_args(vmlinux, "btf_trace_kfree_skb") >= 3;
+    kf.kfree_skb_rx_sk = tracepoint_args(vmlinux, "btf_trace_kfree_skb") >= 4;
     kf.icmp_send_tracepoint = btf_has(vmlinux, "btf_trace_icmp_send", BTF_KIND_TYPEDEF);
     kf.connect_tracepoint = btf_has(vmlinux, "btf_trace_inet_sock_set_state", BTF_KIND_TYPEDEF);
     kf.tcx_ingress = enum_value(vmlinux, "bpf_attach_type", "BPF_TCX_INGRESS");
@@ -321,6 +322,7 @@ std::unique_ptr<Tracer> Tracer::start(const TracerConfig& config, const KernelFe
     const_cast<__u32&>(ro->n_targets_v6) = v6;
     const_cast<__u32&>(ro->target_v6_base) = v4;
     const_cast<bool&>(ro->kfree_skb_has_reason) = kf.kfree_skb_reason;
+    const_cast<bool&>(ro->kfree_skb_has_rx_sk) = kf.kfree_skb_rx_sk;
     bpf_program__set_autoload(impl.skel->progs.observe_icmp_send, kf.icmp_send_tracepoint);
     bpf_program__set_autoload(impl.skel->progs.observe_connect, kf.connect_tracepoint);
     if (config.cgroup_dir.empty()) {
@@ -368,6 +370,10 @@ std::unique_ptr<Tracer> Tracer::start(const TracerConfig& config, const KernelFe
                                      "cgroup2 mount (see /proc/self/mounts)");
         impl.cgroup_fd = ::open(config.cgroup_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (impl.cgroup_fd < 0) throw std::runtime_error("cannot open " + config.cgroup_dir + ": " + errstr(errno));
+        // connect() events from tasks below it mark their namespaces as this node's.
+        std::uint32_t slot = 0;
+        if (bpf_map_update_elem(bpf_map__fd(impl.skel->maps.traced_cgroup), &slot, &impl.cgroup_fd, BPF_ANY) != 0)
+            throw std::runtime_error("cannot store the traced cgroup in its BPF map: " + errstr(errno));
         for (auto* prog : {impl.skel->progs.socket_egress, impl.skel->progs.socket_ingress}) {
             LinkPtr link(bpf_program__attach_cgroup(prog, impl.cgroup_fd));
             if (!link)
@@ -432,6 +438,20 @@ TracerCounters Tracer::counters() const {
         }
     }
     return c;
+}
+
+std::uint64_t Tracer::events_lost() const {
+    int ncpu = libbpf_num_possible_cpus();
+    if (ncpu <= 0) return 0;
+    std::vector<std::uint64_t> values(ncpu);
+    int fd = bpf_map__fd(impl_->skel->maps.counters);
+    std::uint64_t lost = 0;
+    for (std::uint32_t hook = 0; hook < IMDS_HOOK_MAX; ++hook) {
+        std::uint32_t key = hook * IMDS_CNT_MAX + IMDS_CNT_LOST;
+        if (bpf_map_lookup_elem(fd, &key, values.data()) != 0) continue;
+        for (auto v : values) lost += v;
+    }
+    return lost;
 }
 
 std::vector<std::string> Tracer::attach_summary() const { return impl_->summary; }

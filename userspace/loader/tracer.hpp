@@ -23,6 +23,7 @@ struct KernelFeatures {
     std::string release;             // uname -r
     bool has_btf = false;            // /sys/kernel/btf/vmlinux readable
     bool kfree_skb_reason = false;   // v5.17+: kfree_skb carries a drop reason
+    bool kfree_skb_rx_sk = false;    // v6.11+: and the receiving socket (its netns for TCP drops)
     bool icmp_send_tracepoint = false;  // v6.9+: icmp/icmp_send
     bool connect_tracepoint = false;    // v4.16+: sock/inet_sock_set_state
     bool tcx = false;                // v6.6+: tcx links (detach on process exit)
@@ -64,6 +65,9 @@ public:
     // Returns the number of events, or -1 on error.
     int poll(int timeout_ms);
     TracerCounters counters() const;
+    // Events the kernel could not queue (ring buffer full), all hooks: the
+    // cheap subset of counters(), read after every poll.
+    std::uint64_t events_lost() const;
     // "tcx" or "tc" per uplink, and which drop/ICMP paths are in use.
     std::vector<std::string> attach_summary() const;
 

@@ -1,5 +1,6 @@
 #include "loader/uplink.hpp"
 
+#include <linux/fib_rules.h>
 #include <linux/netlink.h>
 #include <linux/pkt_sched.h>
 #include <linux/rtnetlink.h>
@@ -9,7 +10,9 @@
 
 #include <cerrno>
 #include <cstring>
+#include <algorithm>
 #include <functional>
+#include <map>
 
 namespace imdstrace {
 namespace {
@@ -100,6 +103,123 @@ std::optional<Interface> route_interface(const IpAddr& dst, std::string* error) 
     if (!if_indextoname(oif, name)) return fail("route via unknown interface index " + std::to_string(oif));
     if (std::string(name) == "lo") return fail("the route points at lo (the address is local)");
     return Interface{oif, name};
+}
+
+namespace {
+
+bool prefix_matches(const IpAddr& dst, const unsigned char* prefix, int bits) {
+    const int bytes = bits / 8, rest = bits % 8;
+    if (std::memcmp(dst.bytes.data(), prefix, bytes) != 0) return false;
+    if (rest == 0) return true;
+    const unsigned char mask = static_cast<unsigned char>(0xff << (8 - rest));
+    return (dst.bytes[bytes] & mask) == (prefix[bytes] & mask);
+}
+
+// Tables routing rules look up (FR_ACT_TO_TBL), the local table left out.
+std::vector<std::uint32_t> rule_tables(int family) {
+    struct {
+        nlmsghdr nh;
+        fib_rule_hdr frh;
+    } req{};
+    req.nh.nlmsg_len = NLMSG_LENGTH(sizeof(fib_rule_hdr));
+    req.nh.nlmsg_type = RTM_GETRULE;
+    req.nh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    req.nh.nlmsg_seq = 1;
+    req.frh.family = static_cast<unsigned char>(family);
+    std::vector<std::uint32_t> tables;
+    netlink_round_trip(req.nh, [&tables](const nlmsghdr& nh) {
+        if (nh.nlmsg_type != RTM_NEWRULE) return;
+        auto* frh = static_cast<const fib_rule_hdr*>(NLMSG_DATA(&nh));
+        if (frh->action != FR_ACT_TO_TBL) return;
+        std::uint32_t table = frh->table;
+        int len = static_cast<int>(nh.nlmsg_len) - NLMSG_LENGTH(sizeof(fib_rule_hdr));
+        for (auto* a = reinterpret_cast<const rtattr*>(reinterpret_cast<const char*>(frh) + NLMSG_ALIGN(sizeof(fib_rule_hdr)));
+             RTA_OK(a, len); a = RTA_NEXT(a, len))
+            if (a->rta_type == FRA_TABLE) table = *static_cast<const std::uint32_t*>(RTA_DATA(a));
+        if (table != RT_TABLE_LOCAL && std::find(tables.begin(), tables.end(), table) == tables.end())
+            tables.push_back(table);
+    });
+    return tables;
+}
+
+// The output interfaces of the longest-prefix unicast route to `dst` in
+// each of `tables`.
+std::vector<int> table_routes(const IpAddr& dst, const std::vector<std::uint32_t>& tables) {
+    struct {
+        nlmsghdr nh;
+        rtmsg rt;
+    } req{};
+    req.nh.nlmsg_len = NLMSG_LENGTH(sizeof(rtmsg));
+    req.nh.nlmsg_type = RTM_GETROUTE;
+    req.nh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    req.nh.nlmsg_seq = 1;
+    req.rt.rtm_family = dst.is_v4() ? AF_INET : AF_INET6;
+    struct Best {
+        int bits = -1;
+        std::vector<int> oifs;
+    };
+    std::map<std::uint32_t, Best> best;
+    netlink_round_trip(req.nh, [&](const nlmsghdr& nh) {
+        if (nh.nlmsg_type != RTM_NEWROUTE) return;
+        auto* rt = static_cast<const rtmsg*>(NLMSG_DATA(&nh));
+        if (rt->rtm_type != RTN_UNICAST) return;
+        std::uint32_t table = rt->rtm_table;
+        const unsigned char* prefix = nullptr;
+        std::vector<int> oifs;
+        int len = RTM_PAYLOAD(&nh);
+        for (auto* a = RTM_RTA(rt); RTA_OK(a, len); a = RTA_NEXT(a, len)) {
+            switch (a->rta_type) {
+            case RTA_TABLE: table = *static_cast<const std::uint32_t*>(RTA_DATA(a)); break;
+            case RTA_DST: prefix = static_cast<const unsigned char*>(RTA_DATA(a)); break;
+            case RTA_OIF: oifs.push_back(*static_cast<const int*>(RTA_DATA(a))); break;
+            case RTA_MULTIPATH: {
+                auto* nhp = static_cast<const rtnexthop*>(RTA_DATA(a));
+                int left = static_cast<int>(RTA_PAYLOAD(a));
+                while (left >= static_cast<int>(sizeof(rtnexthop)) && nhp->rtnh_len >= sizeof(rtnexthop) &&
+                       nhp->rtnh_len <= left) {
+                    oifs.push_back(nhp->rtnh_ifindex);
+                    left -= NLMSG_ALIGN(nhp->rtnh_len);
+                    nhp = RTNH_NEXT(nhp);
+                }
+                break;
+            }
+            }
+        }
+        if (std::find(tables.begin(), tables.end(), table) == tables.end()) return;
+        int bits = rt->rtm_dst_len;
+        if (bits > 0 && (!prefix || !prefix_matches(dst, prefix, bits))) return;
+        auto& b = best[table];
+        if (bits > b.bits) b = Best{bits, oifs};
+        else if (bits == b.bits) b.oifs.insert(b.oifs.end(), oifs.begin(), oifs.end());
+    });
+    std::vector<int> out;
+    for (const auto& [table, b] : best)
+        for (int oif : b.oifs)
+            if (std::find(out.begin(), out.end(), oif) == out.end()) out.push_back(oif);
+    return out;
+}
+
+}  // namespace
+
+TargetRoutes target_routes(const IpAddr& dst) {
+    TargetRoutes r;
+    auto add = [&r](int oif) {
+        char name[IF_NAMESIZE] = {};
+        if (oif <= 0 || !if_indextoname(oif, name)) return;
+        if (std::string(name) == "lo") {
+            r.local = true;
+            return;
+        }
+        Interface i{oif, name};
+        if (std::find(r.uplinks.begin(), r.uplinks.end(), i) == r.uplinks.end()) r.uplinks.push_back(i);
+    };
+    std::string why;
+    if (auto main = route_interface(dst, &why)) add(main->ifindex);
+    else if (why.find("is local") != std::string::npos) r.local = true;
+    if (!r.local)
+        for (int oif : table_routes(dst, rule_tables(dst.is_v4() ? AF_INET : AF_INET6))) add(oif);
+    if (r.uplinks.empty() && !r.local) r.error = why.empty() ? "no route" : why;
+    return r;
 }
 
 std::optional<std::vector<TcFilter>> tc_filters(int ifindex, bool ingress) {

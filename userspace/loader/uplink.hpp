@@ -20,6 +20,18 @@ struct Interface {
 // RTM_GETROUTE for one destination (no packet is sent).  nullopt when there
 // is no route; `error` says why.
 std::optional<Interface> route_interface(const IpAddr& dst, std::string* error = nullptr);
+
+// Every way this network namespace can send traffic to `dst`.
+struct TargetRoutes {
+    bool local = false;              // an address of this node: traced at the sockets, no uplink
+    std::vector<Interface> uplinks;  // every interface some routing rule's table sends it through
+    std::string error;               // why there is none, when uplinks is empty and !local
+};
+// The main lookup, then every table a routing rule points at (policy
+// routing: the VPC CNI sends pods on a secondary ENI through their own
+// table with `ip rule from <pod IP> lookup <table>`), longest prefix per
+// table.  Reads rules and routes over rtnetlink; sends no packet.
+TargetRoutes target_routes(const IpAddr& dst);
 // The interface by name, nullopt when absent in this network namespace.
 std::optional<Interface> interface_by_name(const std::string& name);
 

@@ -5,7 +5,7 @@
 namespace imdstrace {
 
 TransactionRecord attribute(const Transaction& t, std::int64_t wall_ms, const CgroupNamer& cgroup_of,
-                            PodResolver& pods) {
+                            PodResolver& pods, bool target_on_node) {
     TransactionRecord r;
     const auto c = classify(t, t.client_flow.server.str());
     r.wall_ms = wall_ms;
@@ -27,6 +27,9 @@ TransactionRecord attribute(const Transaction& t, std::int64_t wall_ms, const Cg
     r.icmp_time_exceeded = t.icmp_time_exceeded;
     r.retransmits = t.retransmits;
     r.duration_ms = static_cast<std::int64_t>((t.end_ns - t.start_ns) / 1'000'000);
+    r.opened_before_tracing = t.opened_before_window;
+    r.incomplete = t.incomplete;
+    r.target_on_node = target_on_node;
     return r;
 }
 

@@ -22,8 +22,9 @@ namespace imdstrace {
 // cgroup v2 id -> path relative to the cgroup2 mount; "" when unknown.
 using CgroupNamer = std::function<std::string(std::uint64_t cgroup_id)>;
 
-// `wall_ms`: unix time (ms) of the transaction's start.
+// `wall_ms`: unix time (ms) of the transaction's start.  `target_on_node`:
+// the server address is one of this node's own (a node-local agent).
 TransactionRecord attribute(const Transaction& t, std::int64_t wall_ms, const CgroupNamer& cgroup_of,
-                            PodResolver& pods);
+                            PodResolver& pods, bool target_on_node = false);
 
 }  // namespace imdstrace

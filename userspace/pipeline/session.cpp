@@ -13,7 +13,9 @@
 #include "correlate/correlator.hpp"
 #include "decode/kernel_names.hpp"
 #include "decode/observation.hpp"
+#include "loader/uplink.hpp"
 #include "pipeline/attribute.hpp"
+#include "pipeline/node_scope.hpp"
 #include "sinks/events_file.hpp"
 #include "sinks/metrics.hpp"
 #include "sinks/pcap.hpp"
@@ -33,7 +35,8 @@ std::int64_t unix_ms_now() {
 }
 
 std::vector<Endpoint> default_targets() {
-    return {*Endpoint::parse("169.254.169.254:80", 80), *Endpoint::parse("[fd00:ec2::254]:80", 80)};
+    return {*Endpoint::parse("169.254.169.254:80", 80), *Endpoint::parse("[fd00:ec2::254]:80", 80),
+            *Endpoint::parse("169.254.170.23:80", 80), *Endpoint::parse("[fd00:ec2::23]:80", 80)};
 }
 
 namespace {
@@ -42,31 +45,37 @@ void add_unique(std::vector<Interface>& list, const Interface& i) {
     if (std::find(list.begin(), list.end(), i) == list.end()) list.push_back(i);
 }
 
-// --iface names, or the interfaces the routing table uses for the targets.
-std::vector<Interface> resolve_uplinks(const SessionOptions& opts) {
+// Where each target is reached: uplinks (--iface, or every interface a
+// routing rule's table sends it through), or this node itself.
+struct TargetPaths {
     std::vector<Interface> uplinks;
-    if (!opts.ifaces.empty()) {
-        for (const auto& name : opts.ifaces) {
-            auto i = interface_by_name(name);
-            if (!i) throw UsageError("--iface " + name + ": no such interface in this network namespace");
-            add_unique(uplinks, *i);
-        }
-        return uplinks;
-    }
+    std::vector<Endpoint> on_node;  // local addresses: traced at the sockets only
+};
+
+TargetPaths resolve_target_paths(const SessionOptions& opts) {
+    TargetPaths paths;
     for (const auto& t : opts.targets) {
-        std::string why;
-        auto i = route_interface(t.addr, &why);
-        if (!i) {
-            spdlog::info("no uplink for {}: {}", t.str(), why);
-            continue;
+        auto routes = target_routes(t.addr);
+        if (routes.local) {
+            paths.on_node.push_back(t);
+            spdlog::info("{} is an address of this node: traced at the sockets (no uplink)", t.str());
+        } else if (opts.ifaces.empty()) {
+            if (routes.uplinks.empty()) spdlog::info("no uplink for {}: {}", t.str(), routes.error);
+            for (const auto& i : routes.uplinks) add_unique(paths.uplinks, i);
         }
-        add_unique(uplinks, *i);
     }
-    if (uplinks.empty())
+    for (const auto& name : opts.ifaces) {
+        auto i = interface_by_name(name);
+        if (!i) throw UsageError("--iface " + name + ": no such interface in this network namespace");
+        add_unique(paths.uplinks, *i);
+    }
+    if (paths.uplinks.empty() && paths.on_node.empty())
         throw std::runtime_error("no route to any target from this network namespace, so no uplink to watch: "
                                  "pass --iface NAME (the interface toward IMDS), or check `ip route get "
                                  "169.254.169.254`");
-    return uplinks;
+    if (paths.uplinks.empty() && opts.cgroup == "none")
+        throw UsageError("every target is an address of this node, which only the socket hooks see: drop --cgroup none");
+    return paths;
 }
 
 // The cgroup v2 directory the socket hooks attach to ("" = none).
@@ -88,6 +97,8 @@ struct Session::Impl {
     DropReasons reasons;
     KernelSymbols symbols;
     std::vector<Interface> uplinks;
+    std::vector<Endpoint> targets_on_node;
+    std::unique_ptr<NodeScope> scope;
     std::unique_ptr<PodResolver> pods;
     std::unique_ptr<CgroupPaths> cgroup_paths;
     std::unique_ptr<Correlator> correlator;
@@ -102,26 +113,39 @@ struct Session::Impl {
     std::uint64_t start_mono = 0;
     std::int64_t start_unix_ms = 0;
     std::uint64_t malformed = 0;
+    std::uint64_t events_lost = 0;
     std::optional<double> window_s;
 
-    // 1. decode: one ring-buffer record -> an observation (and the pcap).
+    // 1. decode: one ring-buffer record -> an observation; 2. keep it only
+    // if it happened on this node (and then in the pcap too).
     void on_event(std::span<const std::uint8_t> rec) {
         auto o = decode_event(rec, pcap != nullptr);
         if (!o) {
             ++malformed;
             return;
         }
+        if (!scope->admits(*o)) return;
         if (pcap) pcap->write(*o);
         correlator->observe(*o);
     }
 
-    // 2. correlate hands over a finished transaction: judge and attribute it.
-    void on_transaction(Transaction&& t) {
-        finished.push_back(attribute(
-            t, wall_ms(t.start_ns), [this](std::uint64_t id) { return cgroup_paths->path_of(id); }, *pods));
+    // 3. events the ring could not hold: every connection open now may miss some.
+    void check_loss() {
+        auto lost = tracer->events_lost();
+        if (lost == events_lost) return;
+        events_lost = lost;
+        correlator->note_loss();
     }
 
-    // 3. deliver finished records to the sinks.  Returns how many.
+    // 4. correlate hands over a finished transaction: judge and attribute it.
+    void on_transaction(Transaction&& t) {
+        const bool on_node = std::find(targets_on_node.begin(), targets_on_node.end(), t.client_flow.server) !=
+                             targets_on_node.end();
+        finished.push_back(attribute(
+            t, wall_ms(t.start_ns), [this](std::uint64_t id) { return cgroup_paths->path_of(id); }, *pods, on_node));
+    }
+
+    // 5. deliver finished records to the sinks.  Returns how many.
     std::size_t deliver(const RecordSink& sink) {
         std::size_t n = 0;
         for (; !finished.empty(); ++n) {
@@ -171,9 +195,13 @@ void Session::start() {
     const auto mount = locate_cgroup2(opts_.host_root());
     opts_.pod_settings.cgroup_mount = mount.path;
     impl.pods = make_pod_resolver(opts_.pods, opts_.pod_settings);
-    impl.uplinks = resolve_uplinks(opts_);
+    auto paths = resolve_target_paths(opts_);
+    impl.uplinks = std::move(paths.uplinks);
+    impl.targets_on_node = std::move(paths.on_node);
     const std::string cgroup_dir = socket_hook_cgroup(opts_, mount);
     impl.cgroup_paths = std::make_unique<CgroupPaths>(mount.path);
+    const std::string root = opts_.host_root() == "/" ? "" : opts_.host_root();
+    impl.scope = std::make_unique<NodeScope>(root + "/proc", cgroup_dir);
 
     impl.features = KernelFeatures::probe();
     impl.reasons = DropReasons::from_kernel_btf();
@@ -232,11 +260,11 @@ void Session::run(const std::atomic<bool>& stop, const RecordSink& sink, const s
         int n = impl.tracer->poll(100);
         if (n < 0) throw std::runtime_error("reading the event ring buffer failed: " + std::to_string(n));
         auto now = monotonic_ns();
+        impl.check_loss();
         impl.correlator->expire(now);
         if (impl.deliver(sink)) last_activity = now;
-        // The loss counter is 32 map reads: once a second is plenty.
-        if (impl.metrics && now - last_counters >= 1'000'000'000ULL) {
-            impl.metrics->set_events_lost(impl.tracer->counters().lost);
+            if (impl.metrics && now - last_counters >= 1'000'000'000ULL) {
+            impl.metrics->set_events_lost(impl.events_lost);
             last_counters = now;
         }
         if (quiet && now - last_activity >= static_cast<std::uint64_t>(quiet_s * 1e9)) {
@@ -247,11 +275,26 @@ void Session::run(const std::atomic<bool>& stop, const RecordSink& sink, const s
     }
     // Drain what the kernel already queued, then close every open transaction.
     impl.tracer->poll(0);
+    impl.check_loss();
     impl.correlator->flush();
     impl.deliver(sink);
     impl.window_s = std::round(elapsed_s() * 1000) / 1000;
     // A trailer so `report` knows the window and the targets of this run.
-    if (impl.events) impl.events->write_trailer(impl.start_unix_ms, *impl.window_s, target_strings());
+    if (impl.events) {
+        auto a = set_aside();
+        impl.events->write_trailer(impl.start_unix_ms, *impl.window_s, target_strings(),
+                                   {{"other_namespace_events", a.other_namespaces},
+                                    {"socket_bookkeeping_frees", a.socket_bookkeeping},
+                                    {"events_lost", a.events_lost}});
+    }
+}
+
+SessionSetAside Session::set_aside() const {
+    SessionSetAside a;
+    if (impl_->scope) a.other_namespaces = impl_->scope->foreign_events();
+    if (impl_->correlator) a.socket_bookkeeping = impl_->correlator->bookkeeping_frees();
+    a.events_lost = impl_->events_lost;
+    return a;
 }
 
 int Session::metrics_port() const { return impl_->metrics_server ? impl_->metrics_server->port() : -1; }

@@ -39,8 +39,16 @@ struct SessionOptions {
     const std::string& host_root() const { return pod_settings.host_root; }
 };
 
-// 169.254.169.254:80 and [fd00:ec2::254]:80 (IMDS).
+// 169.254.169.254:80 and [fd00:ec2::254]:80 (IMDS), 169.254.170.23:80 and
+// [fd00:ec2::23]:80 (the EKS Pod Identity agent, node-local).
 std::vector<Endpoint> default_targets();
+
+// What the session itself left out (the diagnosis adds the transactions it sets aside).
+struct SessionSetAside {
+    std::uint64_t other_namespaces = 0;    // kernel events of namespaces not this node's
+    std::uint64_t socket_bookkeeping = 0;  // frees of sockets' own queues, no followed connection
+    std::uint64_t events_lost = 0;         // ring buffer full
+};
 
 class Session {
 public:
@@ -63,6 +71,7 @@ public:
     // and the --events trailer records, so `report` prints the same).
     double window_s() const;
     TracerCounters counters() const;
+    SessionSetAside set_aside() const;
     std::vector<std::string> describe() const;  // what is attached where
     const SessionOptions& options() const { return opts_; }
     std::vector<std::string> target_strings() const;

@@ -23,11 +23,13 @@ void EventsFile::write(const TransactionRecord& r) {
     write_line(to_json(r).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
 }
 
-void EventsFile::write_trailer(std::int64_t start_unix_ms, double window_s, const std::vector<std::string>& targets) {
+void EventsFile::write_trailer(std::int64_t start_unix_ms, double window_s, const std::vector<std::string>& targets,
+                               const nlohmann::json& set_aside) {
     write_line(nlohmann::json{{"schema", kSessionSchema},
                               {"ts", iso8601_ms(start_unix_ms)},
                               {"window_s", window_s},
-                              {"targets", targets}}
+                              {"targets", targets},
+                              {"set_aside", set_aside}}
                    .dump());
 }
 

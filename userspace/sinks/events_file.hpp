@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "verdict/record.hpp"
 
 namespace imdstrace {
@@ -21,7 +23,10 @@ public:
     // Throws std::runtime_error naming the file and errno when the write or
     // its flush fails (a full disk must not lose evidence silently).
     void write(const TransactionRecord& r);
-    void write_trailer(std::int64_t start_unix_ms, double window_s, const std::vector<std::string>& targets);
+    // `set_aside`: what the session left out (other namespaces, socket
+    // bookkeeping, events lost), so `report` says the same.
+    void write_trailer(std::int64_t start_unix_ms, double window_s, const std::vector<std::string>& targets,
+                       const nlohmann::json& set_aside);
 
 private:
     void write_line(const std::string& line);

@@ -79,6 +79,9 @@ json to_json(const TransactionRecord& r) {
     j["icmp_time_exceeded"] = r.icmp_time_exceeded;
     j["retransmits"] = r.retransmits;
     j["duration_ms"] = r.duration_ms;
+    j["opened_before_tracing"] = r.opened_before_tracing;
+    j["incomplete"] = r.incomplete;
+    j["target_on_node"] = r.target_on_node;
     return j;
 }
 
@@ -140,6 +143,9 @@ TransactionRecord record_from_json(const json& j) {
     r.icmp_time_exceeded = j.value("icmp_time_exceeded", 0u);
     r.retransmits = j.value("retransmits", 0u);
     r.duration_ms = j.value("duration_ms", 0);
+    r.opened_before_tracing = j.value("opened_before_tracing", false);
+    r.incomplete = j.value("incomplete", false);
+    r.target_on_node = j.value("target_on_node", false);
     return r;
 }
 
@@ -174,6 +180,13 @@ json to_json(const Diagnosis& d) {
     json warnings = json::array();
     for (const auto& w : d.warnings) warnings.push_back({{"pods", w.pods}, {"message", w.message}, {"fix", w.fix}});
     j["warnings"] = warnings;
+    const auto& a = d.set_aside;
+    j["set_aside"] = {{"opened_before_tracing", {{"transactions", a.opened_before_tracing},
+                                                 {"drops", a.opened_before_tracing_drops}}},
+                      {"incomplete_transactions", a.incomplete},
+                      {"events_lost", a.events_lost},
+                      {"other_namespace_events", a.other_namespaces},
+                      {"socket_bookkeeping_frees", a.socket_bookkeeping}};
     return j;
 }
 

@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #include "common/net.hpp"
+#include "verdict/diagnosis.hpp"
 
 namespace imdstrace {
 namespace {
@@ -26,6 +27,9 @@ constexpr const char* kVersion = "0.1.0";
 }  // namespace
 
 void Metrics::record(const TransactionRecord& r, std::int64_t now_ms) {
+    // Leftovers of connections opened before tracing, and transactions with
+    // only missing evidence, count in no pod's figures (set aside).
+    if (!set_aside_reason(r).empty()) return;
     std::lock_guard lock(mu_);
     std::string ns = r.pod ? r.pod->namespace_ : "";
     std::string pod = r.pod ? r.pod->name : r.subject();
@@ -45,7 +49,8 @@ void Metrics::record(const TransactionRecord& r, std::int64_t now_ms) {
         ttl_sum_ += static_cast<std::uint64_t>(ttl);
         // The latest token response, not the lowest ever: after the hop
         // limit is raised the gauge (and any alert on it) recovers.
-        if (r.token_request()) node_hop_limit_ = ttl;
+        // Only a 200 answer to a token PUT carries the hop limit.
+        if (r.token_request() && r.status == 200 && !r.target_on_node) node_hop_limit_ = ttl;
     }
 }
 

@@ -147,7 +147,7 @@ void PcapWriter::block(std::uint32_t type, const std::string& body) {
 
 std::uint32_t PcapWriter::interface_for(const Observation& o) {
     std::string name;
-    std::string dev = o.ifindex ? ifname_(o.ifindex) : std::string();
+    std::string dev = device_name(o);
     switch (o.hook) {
     case Hook::uplink_ingress: name = dev + " tc ingress"; break;
     case Hook::uplink_egress: name = dev + " tc egress"; break;
@@ -155,6 +155,7 @@ std::uint32_t PcapWriter::interface_for(const Observation& o) {
     case Hook::cgroup_ingress: name = "cgroup_skb ingress"; break;
     case Hook::drop: name = "kfree_skb (drops)"; break;
     case Hook::icmp_send: name = "icmp_send"; break;
+    case Hook::connect: break;  // not a packet: never written
     }
     if (auto it = interfaces_.find(name); it != interfaces_.end()) return it->second;
     std::string idb;
@@ -172,7 +173,18 @@ std::uint32_t PcapWriter::interface_for(const Observation& o) {
     return id;
 }
 
+// Kernel events name their device as its own namespace does; the hooks of
+// this namespace have their ifindex resolved here.
+std::string PcapWriter::device_name(const Observation& o) const {
+    if (!o.ifname.empty()) return o.ifname;
+    // A socket's device lives in the socket's namespace (a pod's eth0):
+    // its index means nothing here, so it is not named.
+    if (o.hook == Hook::cgroup_egress || o.hook == Hook::cgroup_ingress) return {};
+    return o.ifindex ? ifname_(o.ifindex) : std::string();
+}
+
 void PcapWriter::write(const Observation& o) {
+    if (o.hook == Hook::connect) return;  // who connect()ed: no packet to keep
     std::uint32_t ifid = interface_for(o);
     std::string pkt(12, '\0');  // destination and source MAC: not recorded
     put_be16(pkt, o.flow.client.addr.is_v4() ? 0x0800 : 0x86dd);
@@ -183,7 +195,8 @@ void PcapWriter::write(const Observation& o) {
                                       : o.direction == Direction::from_target ? "from_target"
                                                                               : "icmp_about",
                                       o.ttl);
-    if (o.ifindex) comment += " iface=" + ifname_(o.ifindex);
+    if (auto dev = device_name(o); !dev.empty()) comment += " iface=" + dev;
+    if (o.netns) comment += fmt::format(" netns={}", o.netns);
     if (o.hook == Hook::drop) comment += " " + drop_text_(o);
     if (o.icmp_type) comment += fmt::format(" icmp_type={} icmp_code={}", o.icmp_type, o.icmp_code);
     if (o.payload_len > o.redacted_head.size())

@@ -32,6 +32,7 @@ public:
 
 private:
     std::uint32_t interface_for(const Observation& o);
+    std::string device_name(const Observation& o) const;
     void block(std::uint32_t type, const std::string& body);
 
     std::ofstream out_;

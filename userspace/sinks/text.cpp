@@ -24,6 +24,43 @@ std::string clock_time(std::int64_t unix_ms) {
 
 std::string opt(const std::optional<int>& v) { return v ? std::to_string(*v) : "-"; }
 
+std::string plural(std::uint64_t n, const char* one, const char* many) {
+    return fmt::format("{} {}", n, n == 1 ? one : many);
+}
+
+// What was left out of the verdicts, one line each, said aloud.
+std::string set_aside_text(const SetAside& a) {
+    std::string out;
+    if (a.opened_before_tracing) {
+        out += fmt::format("set aside: {} of connections opened before tracing started (in no verdict, hop figure or fix)",
+                           plural(a.opened_before_tracing, "transaction", "transactions"));
+        if (!a.opened_before_tracing_drops.empty()) {
+            std::string drops;
+            for (const auto& [what, n] : a.opened_before_tracing_drops)
+                drops += fmt::format("{}{} {}", drops.empty() ? "" : "; ", n, what);
+            out += fmt::format("; the kernel dropped {}{}", drops,
+                               drops.find("TTL 1)") != std::string::npos || drops.find("TTL 0)") != std::string::npos
+                                   ? ": the hop limit was lower when they were opened"
+                                   : "");
+        }
+        out += "\n";
+    }
+    if (a.incomplete)
+        out += fmt::format("set aside: {} that lost events and have no evidence of their own (no verdict from missing "
+                           "evidence)\n",
+                           plural(a.incomplete, "transaction", "transactions"));
+    if (a.events_lost)
+        out += fmt::format("set aside: {} lost (ring buffer full): figures are lower bounds\n",
+                           plural(a.events_lost, "event", "events"));
+    if (a.other_namespaces)
+        out += fmt::format("set aside: {} from network namespaces that are not this node's\n",
+                           plural(a.other_namespaces, "kernel event", "kernel events"));
+    if (a.socket_bookkeeping)
+        out += fmt::format("set aside: {} (sockets freeing their own queues, no connection to judge)\n",
+                           plural(a.socket_bookkeeping, "socket bookkeeping free", "socket bookkeeping frees"));
+    return out;
+}
+
 }  // namespace
 
 std::string format_transaction_header(TextStyle) {
@@ -36,12 +73,16 @@ std::string format_transaction(const TransactionRecord& r, TextStyle style) {
     if (request.size() > 42) request = request.substr(0, 39) + "...";
     std::string who = r.subject();
     if (who.size() > 32) who = who.substr(0, 29) + "...";
-    auto verdict = fmt::format("{:<18}", to_string(r.verdict));
+    // Set-aside transactions carry no verdict: say why instead.
+    const auto aside = set_aside_reason(r);
+    auto verdict = aside.empty() ? paint(fmt::format("{:<18}", to_string(r.verdict)), r.verdict, style)
+                                 : fmt::format("{:<18}", "SET_ASIDE");
     std::string proc = r.process ? fmt::format(", pid {} {}", r.process->pid, r.process->comm) : std::string();
-    return fmt::format("{:<12}  {}  {:<32}  {:<42}  {:>6}  {:>7}  {:>4}  {:>5}  {} ({} -> {}{}, {} ms)",
-                       clock_time(r.wall_ms), paint(verdict, r.verdict, style), who, request, opt(r.status),
-                       opt(r.ttl_at_node), opt(r.hops) + (r.hops_inferred ? "?" : ""), opt(r.required_hop_limit),
-                       r.evidence, r.client.str(), r.server.str(), proc, r.duration_ms);
+    return fmt::format("{:<12}  {}  {:<32}  {:<42}  {:>6}  {:>7}  {:>4}  {:>5}  {}{} ({} -> {}{}, {} ms)",
+                       clock_time(r.wall_ms), verdict, who, request, opt(r.status), opt(r.ttl_at_node),
+                       opt(r.hops) + (r.hops_inferred ? "?" : ""), opt(r.required_hop_limit),
+                       aside.empty() ? "" : "[" + aside + "] ", r.evidence, r.client.str(), r.server.str(), proc,
+                       r.duration_ms);
 }
 
 std::string format_diagnosis(const Diagnosis& d, TextStyle style) {
@@ -53,7 +94,8 @@ std::string format_diagnosis(const Diagnosis& d, TextStyle style) {
         out += fmt::format("node: IMDS hop limit observed {} (TTL of token responses arriving at the node)\n",
                            *d.hop_limit_observed);
     else
-        out += "node: IMDS hop limit not observed (no token response reached the uplink)\n";
+        out += "node: IMDS hop limit not observed (no 200 answer to a token PUT reached the uplink)\n";
+    out += set_aside_text(d.set_aside);
     if (d.pods.empty()) {
         out += "\nNo metadata traffic seen. Is anything on this node calling IMDS? Try `imdstrace probe`.\n";
         return out;

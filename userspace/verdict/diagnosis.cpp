@@ -29,7 +29,32 @@ std::string hop_limit_fix(int required) {
 
 namespace {
 
+// A node-local agent (the EKS Pod Identity agent on 169.254.170.23 /
+// [fd00:ec2::23]) answers on this node: no IMDS setting applies.
+std::string node_agent_fix(Verdict v, const TransactionRecord& example) {
+    const std::string agent = example.server.str();
+    switch (v) {
+    case Verdict::refused:
+        return fmt::format("Nothing listens on {} on this node: the agent on this node is not running (for the EKS Pod "
+                           "Identity agent: kubectl -n kube-system get pods -l app.kubernetes.io/name=eks-pod-identity-agent "
+                           "-o wide, and its logs).",
+                           agent);
+    case Verdict::no_response:
+        return fmt::format("The agent on this node at {} accepted the connection and never answered: it is hung or "
+                           "overloaded (check its logs and restart it; for the EKS Pod Identity agent: kubectl -n "
+                           "kube-system logs -l app.kubernetes.io/name=eks-pod-identity-agent).",
+                           agent);
+    case Verdict::blocked:
+        return fmt::format("A policy on this node drops traffic to the agent at {}: check iptables/nftables INPUT and "
+                           "OUTPUT rules and NetworkPolicies that match it.",
+                           agent);
+    default:
+        return fmt::format("The agent on this node at {} answered with an error: check its logs.", agent);
+    }
+}
+
 std::string generic_fix(Verdict v, const TransactionRecord& example) {
+    if (example.target_on_node && v != Verdict::not_found) return node_agent_fix(v, example);
     std::string where;
     if (!example.drops.empty())
         where = fmt::format("{}{}{}", example.drops.front().location,
@@ -72,11 +97,15 @@ std::string generic_fix(Verdict v, const TransactionRecord& example) {
     }
 }
 
-// The TTL token responses arrive with: the instance's hop limit.
+// Only a 200 answer to a token PUT tells the instance's hop limit: IMDS
+// sets that answer's IP TTL to httpPutResponseHopLimit, every other answer
+// (a 403, a GET's) leaves with the default TTL.  A node-local agent's
+// answers say nothing about IMDS.
 std::optional<int> observed_hop_limit(const std::vector<TransactionRecord>& records) {
     std::optional<int> limit;
     for (const auto& r : records)
-        if (r.token_request() && r.ttl_at_node) limit = std::min(limit.value_or(255), *r.ttl_at_node);
+        if (r.token_request() && r.status == 200 && r.ttl_at_node && !r.target_on_node)
+            limit = std::min(limit.value_or(255), *r.ttl_at_node);
     return limit;
 }
 
@@ -84,6 +113,7 @@ std::optional<int> observed_hop_limit(const std::vector<TransactionRecord>& reco
 std::vector<PodSummary> summarize_pods(const std::vector<TransactionRecord>& records) {
     std::map<std::string, PodSummary> pods;
     std::set<std::string> exact_hops;  // subjects whose hops were measured, not inferred
+    std::map<std::string, int> ran_out;  // subject -> hop limit its failed connections' own evidence asks for
     for (const auto& r : records) {
         auto subject = r.subject();
         auto& p = pods[subject];
@@ -101,14 +131,22 @@ std::vector<PodSummary> summarize_pods(const std::vector<TransactionRecord>& rec
                 p.hops = std::max(p.hops.value_or(0), *r.hops);
             }
         }
-        if (p.hops) p.required_hop_limit = *p.hops + 1;
+        // A connection whose own evidence asks for more (it ran out of hops
+        // with a TTL above its measured distance) raises the pod's figure.
+        if (r.verdict == Verdict::hop_limit_exceeded && r.required_hop_limit)
+            ran_out[subject] = std::max(ran_out[subject], *r.required_hop_limit);
         ++p.transactions;
         ++p.verdicts[r.verdict];
         if (severity(r.verdict) > severity(p.verdict)) p.verdict = r.verdict;
     }
     std::vector<PodSummary> out;
     out.reserve(pods.size());
-    for (auto& [k, p] : pods) out.push_back(std::move(p));
+    for (auto& [k, p] : pods) {
+        if (p.hops) p.required_hop_limit = *p.hops + 1;
+        if (auto it = ran_out.find(k); it != ran_out.end())
+            p.required_hop_limit = std::max(p.required_hop_limit.value_or(0), it->second);
+        out.push_back(std::move(p));
+    }
     std::stable_sort(out.begin(), out.end(),
                      [](const PodSummary& a, const PodSummary& b) { return severity(a.verdict) > severity(b.verdict); });
     return out;
@@ -162,8 +200,6 @@ Finding hop_limit_finding(const VerdictGroup& g, const std::vector<TransactionRe
         if (r->hops) max_hops = std::max(max_hops, *r->hops);
     }
     const auto& example = *g.records.front();
-    int limit = hop_limit_observed.value_or(example.ttl_at_node.value_or(0));
-    if (required <= limit) required = limit + 1;
     f.evidence = g.count_text() + ": ";
     if (hop_limit_observed)
         f.evidence += fmt::format("token responses reach the node with TTL {} (the instance's hop limit)",
@@ -184,7 +220,16 @@ Finding hop_limit_finding(const VerdictGroup& g, const std::vector<TransactionRe
         f.evidence += fmt::format("; IMDSv1 requests without a token still succeed for {}: they will fail "
                                   "too once httpTokens is required",
                                   fmt::join(fallback, ", "));
-    f.fix = hop_limit_fix(std::max(required, 2));
+    if (required >= 2) {
+        f.fix = hop_limit_fix(required);
+    } else {
+        // No connection measured its own distance: no number is better than a wrong one.
+        f.fix = "Raise the instance metadata hop limit (httpPutResponseHopLimit) above the number of hops between "
+                "these clients and the uplink (imdstrace could not measure it on these connections: run `imdstrace "
+                "probe --pod NS/NAME` for a measured figure); Karpenter EC2NodeClass "
+                "spec.metadataOptions.httpPutResponseHopLimit, launch template MetadataOptions, or aws ec2 "
+                "modify-instance-metadata-options --http-put-response-hop-limit.";
+    }
     return f;
 }
 
@@ -253,8 +298,39 @@ std::vector<Warning> hop_budget_warnings(const std::vector<PodSummary>& pods, st
 
 }  // namespace
 
+std::string set_aside_reason(const TransactionRecord& r) {
+    if (r.opened_before_tracing) return "opened before tracing";
+    if (r.incomplete && r.verdict == Verdict::no_response) return "events lost";
+    return {};
+}
+
+void DiagnosisBuilder::add(const TransactionRecord& r) {
+    if (r.opened_before_tracing) {
+        ++set_aside_.opened_before_tracing;
+        for (const auto& dr : r.drops)
+            if (!endpoint_bookkeeping(dr))
+                set_aside_.opened_before_tracing_drops[fmt::format(
+                    "{} {}at {}{}{} (TTL {})", dr.response ? "responses" : "requests", "", dr.location,
+                    dr.reason.empty() ? "" : ", reason ", dr.reason, dr.ttl)] += dr.count;
+        return;
+    }
+    if (!set_aside_reason(r).empty()) {
+        ++set_aside_.incomplete;
+        return;
+    }
+    records_.push_back(r);
+}
+
+void DiagnosisBuilder::add_session_counts(std::uint64_t other_namespaces, std::uint64_t socket_bookkeeping,
+                                          std::uint64_t events_lost) {
+    set_aside_.other_namespaces += other_namespaces;
+    set_aside_.socket_bookkeeping += socket_bookkeeping;
+    set_aside_.events_lost += events_lost;
+}
+
 Diagnosis DiagnosisBuilder::build(double window_s, std::vector<std::string> targets) const {
     Diagnosis d;
+    d.set_aside = set_aside_;
     d.window_s = window_s;
     d.targets = std::move(targets);
     d.transactions = static_cast<int>(records_.size());

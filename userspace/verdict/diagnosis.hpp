@@ -42,6 +42,29 @@ struct Warning {
     std::string fix;
 };
 
+// Evidence left out of every verdict, hop figure and fix, said aloud
+// (DESIGN.md "What the tracer counts as this node and this window").
+struct SetAside {
+    // Transactions of connections the tracer did not see open, and the
+    // drops they carried ("dropped response reason IP_INHDR at ip_forward
+    // (TTL 1)" -> count): leftovers of connections made before tracing.
+    std::uint64_t opened_before_tracing = 0;
+    std::map<std::string, std::uint64_t> opened_before_tracing_drops;
+    // Transactions that lost events and have no evidence of their own
+    // (nothing but absence: what was lost may be the answer).
+    std::uint64_t incomplete = 0;
+    // Kernel events of the machine that were not this node's (another
+    // network namespace), socket bookkeeping frees of no followed
+    // connection, and events the ring buffer could not hold.
+    std::uint64_t other_namespaces = 0;
+    std::uint64_t socket_bookkeeping = 0;
+    std::uint64_t events_lost = 0;
+
+    bool any() const {
+        return opened_before_tracing || incomplete || other_namespaces || socket_bookkeeping || events_lost;
+    }
+};
+
 struct Diagnosis {
     double window_s = 0;
     std::optional<int> hop_limit_observed;
@@ -49,20 +72,30 @@ struct Diagnosis {
     std::vector<PodSummary> pods;
     std::vector<Finding> findings;
     std::vector<Warning> warnings;
-    int transactions = 0;
+    SetAside set_aside;
+    int transactions = 0;  // the ones judged (set-aside ones not counted)
 
     bool failing() const;
 };
 
 class DiagnosisBuilder {
 public:
-    void add(const TransactionRecord& r) { records_.push_back(r); }
+    // Judged records are kept; those of connections opened before tracing,
+    // and incomplete ones with nothing but absence as evidence, are set aside.
+    void add(const TransactionRecord& r);
+    // Counts the session kept (other namespaces, bookkeeping, lost events);
+    // added up over several runs (report of an appended --events file).
+    void add_session_counts(std::uint64_t other_namespaces, std::uint64_t socket_bookkeeping, std::uint64_t events_lost);
     Diagnosis build(double window_s, std::vector<std::string> targets) const;
     const std::vector<TransactionRecord>& records() const { return records_; }
 
 private:
     std::vector<TransactionRecord> records_;
+    SetAside set_aside_;
 };
+
+// Whether a record is left out of verdicts (and why, for text output): "" = judged.
+std::string set_aside_reason(const TransactionRecord& r);
 
 // The fix for the hop limit, spelled out for each place it is set.
 std::string hop_limit_fix(int required);

@@ -35,6 +35,12 @@ struct TransactionRecord {
     std::uint32_t icmp_time_exceeded = 0;
     std::uint32_t retransmits = 0;
     std::int64_t duration_ms = 0;
+    // Set aside from every verdict, hop figure and fix (DESIGN.md "this window").
+    bool opened_before_tracing = false;  // the tracer did not see the connection open
+    bool incomplete = false;             // events were lost while it was open
+    // The target address is one of this node's own (a node-local agent such
+    // as the EKS Pod Identity agent): no uplink, no IMDS, no hop limit.
+    bool target_on_node = false;
 
     Family family() const { return client.addr.family; }
     bool token_request() const { return request && request->is_token_request(); }

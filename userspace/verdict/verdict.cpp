@@ -115,19 +115,6 @@ int severity(Verdict v) {
     return 0;
 }
 
-bool endpoint_bookkeeping(const DropRecord& d) {
-    if (d.reason.starts_with("TCP_") || d.reason == "NO_SOCKET" || d.reason == "SOCKET_CLOSE" ||
-        d.reason == "QUEUE_PURGE")
-        return true;
-    // Kernels before ~6.2 free a closing socket's queues without a specific
-    // reason (NOT_SPECIFIED): judge those by where they were freed.
-    if (d.reason.empty() || d.reason == "NOT_SPECIFIED") {
-        for (std::string_view socket_layer : {"tcp_", "sk_", "__sk_", "inet_", "__inet_", "skb_queue_purge"})
-            if (d.location.starts_with(socket_layer)) return true;
-    }
-    return false;
-}
-
 bool is_failure(Verdict v) { return v != Verdict::ok && v != Verdict::not_found; }
 
 HopFigures hop_figures(const Transaction& t) {
@@ -162,6 +149,12 @@ Classification classify(const Transaction& t, std::string_view server_text) {
     bool predicted = t.response_ttl_at_node && c.hops.hops && *t.response_ttl_at_node <= *c.hops.hops;
     if (!hop_drops.empty() || t.icmp_time_exceeded > 0 || (predicted && t.seen_at_socket)) {
         c.verdict = Verdict::hop_limit_exceeded;
+        // This connection's own evidence only: a response that arrived with
+        // TTL t and still ran out of hops went through at least t hops, so
+        // it needs a hop limit of t + 1 even where the TTLs the client sent
+        // suggest fewer hops (a datapath that decrements TTL itself).
+        if (t.response_ttl_at_node && (!hop_drops.empty() || t.icmp_time_exceeded > 0))
+            c.hops.required_hop_limit = std::max(c.hops.required_hop_limit.value_or(0), *t.response_ttl_at_node + 1);
         std::string e;
         if (t.response_ttl_at_node)
             e = fmt::format("response reached the node with TTL {}", *t.response_ttl_at_node);

@@ -43,10 +43,8 @@ struct HopFigures {
 };
 HopFigures hop_figures(const Transaction& t);
 
-// Drops that are a TCP endpoint's own bookkeeping (duplicate or stale
-// segments, segments for a socket that is gone), not a failure of the path:
-// kept in the transaction as seen, never the basis of a verdict.
-bool endpoint_bookkeeping(const DropRecord& d);
+// DropRecord::endpoint_bookkeeping() as a predicate.
+inline bool endpoint_bookkeeping(const DropRecord& d) { return d.endpoint_bookkeeping(); }
 
 struct Classification {
     Verdict verdict = Verdict::ok;

@@ -554,7 +554,8 @@ TEST_F(CorrelatorTest, LossMarksOpenConnectionsIncomplete) {
     const auto after = flow("198.18.1.5:40001");
     feed({Ob(1000, H::cgroup_egress, D::to_target, before).ttl(64).flags(tcp::syn).seq(1).cgroup(42)});
     corr->note_loss();
-    feed({Ob(1001, H::cgroup_egress, D::to_target, after).ttl(64).flags(tcp::syn).seq(1).cgroup(42)});
+    feed({Ob(1001, H::cgroup_egress, D::to_target, after).ttl(64).flags(tcp::syn).seq(1).cgroup(42),
+          Ob(1002, H::cgroup_egress, D::to_target, after).ttl(64).flags(tcp::fin | tcp::ack).seq(2).cgroup(42)});
     corr->flush();
     ASSERT_EQ(out.size(), 2u);
     EXPECT_TRUE(out[0].incomplete);
@@ -562,6 +563,60 @@ TEST_F(CorrelatorTest, LossMarksOpenConnectionsIncomplete) {
     // Nothing came back on the incomplete one: that absence is no verdict.
     auto r = classify(out[0], "169.254.169.254:80");
     EXPECT_EQ(r.verdict, Verdict::no_response);
+}
+
+}  // namespace
+
+namespace {
+
+TEST_F(CorrelatorTest, DropsAfterTheTransactionWasReportedAreCountedNotLost) {
+    using H = Hook;
+    using D = Direction;
+    const auto pod = flow("198.18.1.5:43122");
+    const std::string put = http_req("PUT", "/latest/api/token", "X-aws-ec2-metadata-token-ttl-seconds: 60\r\n");
+    feed({
+        Ob(1000, H::cgroup_egress, D::to_target, pod).ttl(64).flags(tcp::syn).seq(1000).cgroup(42),
+        Ob(1002, H::cgroup_egress, D::to_target, pod).ttl(64).seq(1001).cgroup(42).request(put),
+        Ob(1003, H::uplink_ingress, D::from_target, pod).ttl(1).seq(5001).response(200),
+        Ob(1003.1, H::drop, D::from_target, pod).ttl(1).seq(5001).reason(kReasonIpInhdr).location(kIpForward),
+        Ob(2000, H::cgroup_egress, D::to_target, pod).ttl(64).flags(tcp::fin | tcp::ack).seq(1001 + put.size()).cgroup(42),
+    });
+    corr->expire(2000 * kMs + defaults.linger_ns + kMs);
+    ASSERT_EQ(out.size(), 1u);
+    // IMDS retransmits its answer; the node drops it again.
+    feed({Ob(9000, H::drop, D::from_target, pod).ttl(1).seq(5001).reason(kReasonIpInhdr).location(kIpForward)});
+    EXPECT_EQ(corr->late_drops(), 1u);
+    EXPECT_EQ(out[0].drop_count(), 1u);
+}
+
+TEST_F(CorrelatorTest, StillInFlightAtTheEndOfTheWindowIsIncomplete) {
+    using H = Hook;
+    using D = Direction;
+    const auto closed = flow("198.18.1.5:40000");
+    const auto waiting = flow("198.18.1.5:40001");
+    feed({
+        Ob(1000, H::cgroup_egress, D::to_target, closed).ttl(64).flags(tcp::syn).seq(1).cgroup(42),
+        Ob(2000, H::cgroup_egress, D::to_target, closed).ttl(64).flags(tcp::fin | tcp::ack).seq(2).cgroup(42),
+        Ob(2500, H::cgroup_egress, D::to_target, waiting).ttl(64).flags(tcp::syn).seq(1).cgroup(42),
+    });
+    corr->flush();
+    ASSERT_EQ(out.size(), 2u);
+    for (const auto& t : out) {
+        if (t.client_flow == closed) EXPECT_FALSE(t.incomplete);
+        else EXPECT_TRUE(t.incomplete) << "its answer may just not have come yet";
+    }
+}
+
+TEST_F(CorrelatorTest, LeftoversOfOldConnectionsWaitLongerBeforeTheyAreReported) {
+    using H = Hook;
+    using D = Direction;
+    const auto stale = flow("198.18.1.11:40000");
+    feed({Ob(1000, H::uplink_ingress, D::from_target, stale).ttl(1).seq(9).response(200)});
+    corr->expire(1000 * kMs + defaults.idle_ns + kMs);
+    EXPECT_TRUE(out.empty()) << "IMDS retransmits for minutes: counted whole, not cut at the window's idle time";
+    corr->expire(1000 * kMs + defaults.stale_idle_ns + kMs);
+    ASSERT_EQ(out.size(), 1u);
+    EXPECT_TRUE(out[0].opened_before_window);
 }
 
 }  // namespace

@@ -78,6 +78,12 @@ int run_check(const SessionOptions& opts, const std::string& output) {
             lines.push_back({"uplink " + t.str(), hooks, false,
                              "an address of this node (a node-local agent): traced by the socket hooks, no uplink",
                              "node-local targets are seen only by the socket hooks: drop --cgroup none"});
+        } else if (node_local_agent_address(t.addr)) {
+            lines.push_back({"uplink " + t.str(), true, false,
+                             "not an address of this node: no node-local agent (EKS Pod Identity) runs here; its "
+                             "traffic, if any, is traced " +
+                                 (routes.uplinks.empty() ? std::string("nowhere (no route)") : "via " + names),
+                             ""});
         } else {
             any_path |= !routes.uplinks.empty();
             lines.push_back({"uplink " + t.str(), !routes.uplinks.empty(), false,

@@ -160,7 +160,8 @@ int run_diagnose(const CommonArgs& a) {
     if (aside.events_lost)
         spdlog::warn("{} events were lost (ring buffer full): the transactions they touch are marked incomplete",
                      aside.events_lost);
-    builder.add_session_counts(aside.other_namespaces, aside.socket_bookkeeping, aside.events_lost);
+    builder.add_session_counts(aside.other_namespaces, aside.socket_bookkeeping, aside.events_lost, aside.late_drops);
+    builder.set_node_facts(session.node_facts());
     return print_diagnosis(builder.build(session.window_s(), session.target_strings()), a.output);
 }
 
@@ -184,11 +185,13 @@ int run_report(const std::string& file, const CommonArgs& a) {
             auto j = nlohmann::json::parse(line);
             if (j.value("schema", "") == kSessionSchema) {
                 recorded_window += j.value("window_s", 0.0);
+                if (j.contains("node")) builder.set_node_facts(node_facts_from_json(j["node"]));
                 if (j.contains("set_aside") && j["set_aside"].is_object()) {
                     const auto& sa = j["set_aside"];
                     builder.add_session_counts(sa.value("other_namespace_events", std::uint64_t{0}),
                                                sa.value("socket_bookkeeping_frees", std::uint64_t{0}),
-                                               sa.value("events_lost", std::uint64_t{0}));
+                                               sa.value("events_lost", std::uint64_t{0}),
+                                               sa.value("late_drops", std::uint64_t{0}));
                 }
                 for (const auto& t : j.value("targets", std::vector<std::string>{}))
                     if (std::find(recorded_targets.begin(), recorded_targets.end(), t) == recorded_targets.end())

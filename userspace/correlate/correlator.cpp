@@ -59,6 +59,7 @@ struct Correlator::Connection {
     std::uint64_t closed_ns = 0;
     bool finished = false;
     bool opened_in_window = false;  // its SYN or connect() was seen
+    std::uint32_t client_netns = 0; // the client socket's namespace (connect())
     bool incomplete = false;        // events lost while it was open
 };
 
@@ -167,7 +168,7 @@ Correlator::Exchange& Correlator::current(Connection& c) {
 void Correlator::on_connect(const Observation& o) {
     if (!o.sk_cookie) return;
     if (by_cookie_.size() >= opts_.max_connections) by_cookie_.clear();  // bound memory under connect floods
-    by_cookie_[o.sk_cookie] = Connector{ProcessInfo{o.pid, o.comm}, o.cgroup_id};
+    by_cookie_[o.sk_cookie] = Connector{ProcessInfo{o.pid, o.comm}, o.cgroup_id, o.netns};
 }
 
 // The exchange a packet from the target (or a drop/ICMP quote of one)
@@ -213,6 +214,7 @@ void Correlator::on_to_target(Connection& c, const Observation& o) {
             // A node process outside the traced cgroup still has a cgroup.
             if (!c.cgroup_id) c.cgroup_id = it->second.cgroup_id;
             c.cookie = o.sk_cookie;
+            c.client_netns = it->second.netns;
             c.opened_in_window = true;  // connect() happened while tracing
             by_cookie_.erase(it);
         }
@@ -295,6 +297,15 @@ void Correlator::on_from_target(Connection& c, const Observation& o) {
     }
 }
 
+std::string drop_place(std::uint32_t drop_netns, std::uint32_t client_netns, std::uint32_t node_netns) {
+    if (!drop_netns || !node_netns) return {};
+    if (drop_netns == node_netns) return "node";
+    // Any other namespace that reached us is one of this node's pods'
+    // (node_scope keeps only those).
+    if (!client_netns || drop_netns == client_netns) return "pod";
+    return "between";
+}
+
 DropRecord Correlator::drop_record(const Observation& o) const {
     DropRecord d;
     d.reason = o.drop_reason ? reasons_(*o.drop_reason) : std::string{};
@@ -302,6 +313,7 @@ DropRecord Correlator::drop_record(const Observation& o) const {
     d.ttl = o.ttl;
     d.response = o.direction == Direction::from_target;
     d.count = 1;
+    d.netns = o.netns;
     return d;
 }
 
@@ -310,8 +322,14 @@ void Correlator::on_drop(Connection& c, const Observation& o) {
     Exchange* x = response ? &answered_by(c, o.seq) : &current(c);
     x->end_ns = std::max(x->end_ns, o.ts_ns);
     DropRecord d = drop_record(o);
+    if (x->emitted) {
+        if (!d.endpoint_bookkeeping()) ++late_drops_;
+        return;
+    }
+    d.place = drop_place(d.netns, c.client_netns, opts_.node_netns);
     auto same = std::find_if(x->drops.begin(), x->drops.end(), [&d](const DropRecord& r) {
-        return r.reason == d.reason && r.location == d.location && r.ttl == d.ttl && r.response == d.response;
+        return r.reason == d.reason && r.location == d.location && r.ttl == d.ttl && r.response == d.response &&
+               r.netns == d.netns;
     });
     if (same != x->drops.end()) ++same->count;
     else x->drops.push_back(std::move(d));
@@ -389,7 +407,7 @@ void Correlator::expire(std::uint64_t now_ns) {
         auto since = [now_ns](std::uint64_t t) { return now_ns > t ? now_ns - t : 0; };
         if (!c->finished) {
             bool closed = c->closed_ns && since(c->closed_ns) >= opts_.linger_ns;
-            bool idle = since(c->last_ns) >= opts_.idle_ns;
+            bool idle = since(c->last_ns) >= (c->opened_in_window ? opts_.idle_ns : opts_.stale_idle_ns);
             if (closed || idle) finish(*c);
         } else if (since(c->last_ns) >= opts_.tombstone_ns) {
             gone.push_back(id);
@@ -399,7 +417,10 @@ void Correlator::expire(std::uint64_t now_ns) {
 }
 
 void Correlator::flush() {
-    for (auto& [id, c] : conns_) finish(*c);
+    for (auto& [id, c] : conns_) {
+        if (!c->finished && !c->closed_ns) c->incomplete = true;
+        finish(*c);
+    }
 }
 
 }  // namespace imdstrace

@@ -26,7 +26,10 @@ struct CorrelatorOptions {
     std::uint64_t linger_ns = 2'000'000'000;      // after a close, wait for late drops/ICMP
     std::uint64_t idle_ns = 10'000'000'000;       // no packet for this long: finished
     std::uint64_t tombstone_ns = 30'000'000'000;  // remember finished flows (late packets)
+    std::uint64_t stale_idle_ns = 60'000'000'000; // idle before a connection opened before tracing is reported:
+                                                  // IMDS retransmits old answers for minutes, counted whole
     std::size_t max_connections = 65536;          // memory bound under connection floods
+    std::uint32_t node_netns = 0;                 // the tracer's own network namespace (drop places)
 };
 
 class Correlator {
@@ -42,7 +45,9 @@ public:
     void observe(const Observation& o);
     // Emit transactions whose connection finished before `now_ns` (monotonic).
     void expire(std::uint64_t now_ns);
-    // Emit everything still open (end of a trace window).
+    // Emit everything still open (end of a trace window).  Connections
+    // still in flight are marked incomplete: their answer may just not
+    // have come yet.
     void flush();
 
     // Events were lost (ring buffer full): every connection open now is
@@ -54,6 +59,9 @@ public:
     // Socket-bookkeeping frees (DropRecord::endpoint_bookkeeping) of no
     // connection it followed: set aside, never a transaction.
     std::uint64_t bookkeeping_frees() const { return bookkeeping_frees_; }
+    // Path drops that came after their transaction was reported (a response
+    // retransmitted once more): in no record, counted here.
+    std::uint64_t late_drops() const { return late_drops_; }
 
 private:
     struct Connection;
@@ -82,6 +90,7 @@ private:
     std::uint64_t next_id_ = 1;
     std::uint64_t unmatched_ = 0;
     std::uint64_t bookkeeping_frees_ = 0;
+    std::uint64_t late_drops_ = 0;
     std::map<std::uint64_t, std::unique_ptr<Connection>> conns_;  // id order = age order
     std::unordered_map<FlowKey, std::uint64_t, FlowKeyHash> by_socket_;
     std::unordered_map<FlowKey, std::uint64_t, FlowKeyHash> by_uplink_;
@@ -89,6 +98,7 @@ private:
     struct Connector {
         ProcessInfo process;
         std::uint64_t cgroup_id = 0;
+        std::uint32_t netns = 0;  // the connecting socket's network namespace
     };
     std::unordered_map<std::uint64_t, Connector> by_cookie_;  // socket cookie -> who connected
 };

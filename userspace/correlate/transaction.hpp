@@ -13,12 +13,25 @@
 namespace imdstrace {
 
 // Drops of one kind folded together: same reason, place, TTL and direction.
+// Where a drop happened, from namespaces: "node" (the tracer's own: the
+// node's forwarding path, its uplinks), "pod" (a pod's own namespace, the
+// client's when known: before the request left the pod or after the
+// response reached it), "between" (a namespace of this node that is neither
+// the client's nor the node's: a nested pod's own, between its inner
+// containers and the node), "" when the kernel named no namespace.
+std::string drop_place(std::uint32_t drop_netns, std::uint32_t client_netns, std::uint32_t node_netns);
+
 struct DropRecord {
     std::string reason;    // "IP_INHDR", "NETFILTER_DROP", "" when the kernel gives none
     std::string location;  // "ip_forward"
     std::uint8_t ttl = 0;  // TTL of the dropped packet
     bool response = false; // the dropped packet came from the target
     std::uint32_t count = 0;
+    // Where on the path: the network namespace it happened in, placed
+    // relative to the client (DropPlace).  netns 0 / place unknown when
+    // the kernel did not say.
+    std::uint32_t netns = 0;
+    std::string place;  // drop_place(): "node", "pod", "between", "" unknown
 
     // A TCP endpoint's own bookkeeping (duplicate or stale segments,
     // segments for a socket that is gone, a closing socket's queues freed),

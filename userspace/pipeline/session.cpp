@@ -17,6 +17,7 @@
 #include "pipeline/attribute.hpp"
 #include "pipeline/node_scope.hpp"
 #include "sinks/events_file.hpp"
+#include "sinks/json.hpp"
 #include "sinks/metrics.hpp"
 #include "sinks/pcap.hpp"
 
@@ -34,12 +35,24 @@ std::int64_t unix_ms_now() {
     return static_cast<std::int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1'000'000;
 }
 
+bool node_local_agent_address(const IpAddr& a) {
+    return a.str() == "169.254.170.23" || a.str() == "fd00:ec2::23";
+}
+
 std::vector<Endpoint> default_targets() {
     return {*Endpoint::parse("169.254.169.254:80", 80), *Endpoint::parse("[fd00:ec2::254]:80", 80),
             *Endpoint::parse("169.254.170.23:80", 80), *Endpoint::parse("[fd00:ec2::23]:80", 80)};
 }
 
 namespace {
+
+// A boolean sysctl of this network namespace (/proc/sys is per namespace).
+std::optional<bool> read_sysctl_flag(const char* path) {
+    std::ifstream in(path);
+    int v;
+    if (in >> v) return v != 0;
+    return std::nullopt;
+}
 
 void add_unique(std::vector<Interface>& list, const Interface& i) {
     if (std::find(list.begin(), list.end(), i) == list.end()) list.push_back(i);
@@ -71,8 +84,8 @@ TargetPaths resolve_target_paths(const SessionOptions& opts) {
     }
     if (paths.uplinks.empty() && paths.on_node.empty())
         throw std::runtime_error("no route to any target from this network namespace, so no uplink to watch: "
-                                 "pass --iface NAME (the interface toward IMDS), or check `ip route get "
-                                 "169.254.169.254`");
+                                 "pass --iface NAME (the interface toward the target), or check `ip route get " +
+                                 opts.targets.front().addr.str() + "`");
     if (paths.uplinks.empty() && opts.cgroup == "none")
         throw UsageError("every target is an address of this node, which only the socket hooks see: drop --cgroup none");
     return paths;
@@ -115,6 +128,7 @@ struct Session::Impl {
     std::uint64_t malformed = 0;
     std::uint64_t events_lost = 0;
     std::optional<double> window_s;
+    NodeFacts node_facts;
 
     // 1. decode: one ring-buffer record -> an observation; 2. keep it only
     // if it happened on this node (and then in the pcap too).
@@ -139,8 +153,9 @@ struct Session::Impl {
 
     // 4. correlate hands over a finished transaction: judge and attribute it.
     void on_transaction(Transaction&& t) {
-        const bool on_node = std::find(targets_on_node.begin(), targets_on_node.end(), t.client_flow.server) !=
-                             targets_on_node.end();
+        const bool on_node = node_local_agent_address(t.client_flow.server.addr) ||
+                             std::find(targets_on_node.begin(), targets_on_node.end(), t.client_flow.server) !=
+                                 targets_on_node.end();
         finished.push_back(attribute(
             t, wall_ms(t.start_ns), [this](std::uint64_t id) { return cgroup_paths->path_of(id); }, *pods, on_node));
     }
@@ -203,12 +218,16 @@ void Session::start() {
     const std::string root = opts_.host_root() == "/" ? "" : opts_.host_root();
     impl.scope = std::make_unique<NodeScope>(root + "/proc", cgroup_dir);
 
+    impl.node_facts.ipv4_forwarding = read_sysctl_flag("/proc/sys/net/ipv4/ip_forward");
+    impl.node_facts.ipv6_forwarding = read_sysctl_flag("/proc/sys/net/ipv6/conf/all/forwarding");
     impl.features = KernelFeatures::probe();
     impl.reasons = DropReasons::from_kernel_btf();
+    CorrelatorOptions co;
+    co.node_netns = impl.scope->own_netns();
     impl.correlator = std::make_unique<Correlator>(
         [this](Transaction&& t) { impl_->on_transaction(std::move(t)); },
         [this](std::uint32_t v) { return impl_->reasons.name(v); },
-        [this](std::uint64_t a) { return impl_->symbols.function_at(a); });
+        [this](std::uint64_t a) { return impl_->symbols.function_at(a); }, co);
 
     if (!opts_.events_file.empty()) impl.events = std::make_unique<EventsFile>(opts_.events_file);
     if (!opts_.pcap_file.empty()) {
@@ -285,15 +304,20 @@ void Session::run(const std::atomic<bool>& stop, const RecordSink& sink, const s
         impl.events->write_trailer(impl.start_unix_ms, *impl.window_s, target_strings(),
                                    {{"other_namespace_events", a.other_namespaces},
                                     {"socket_bookkeeping_frees", a.socket_bookkeeping},
-                                    {"events_lost", a.events_lost}});
+                                    {"events_lost", a.events_lost},
+                                    {"late_drops", a.late_drops}},
+                                   node_facts_json(impl.node_facts));
     }
 }
+
+const NodeFacts& Session::node_facts() const { return impl_->node_facts; }
 
 SessionSetAside Session::set_aside() const {
     SessionSetAside a;
     if (impl_->scope) a.other_namespaces = impl_->scope->foreign_events();
     if (impl_->correlator) a.socket_bookkeeping = impl_->correlator->bookkeeping_frees();
     a.events_lost = impl_->events_lost;
+    if (impl_->correlator) a.late_drops = impl_->correlator->late_drops();
     return a;
 }
 

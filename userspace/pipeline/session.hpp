@@ -19,6 +19,7 @@
 #include "common/net.hpp"
 #include "loader/tracer.hpp"
 #include "pods/select.hpp"
+#include "verdict/drop_fix.hpp"
 #include "verdict/record.hpp"
 
 namespace imdstrace {
@@ -43,11 +44,16 @@ struct SessionOptions {
 // [fd00:ec2::23]:80 (the EKS Pod Identity agent, node-local).
 std::vector<Endpoint> default_targets();
 
+// The EKS Pod Identity agent's addresses (169.254.170.23, fd00:ec2::23):
+// served on each node by the agent itself, never by IMDS.
+bool node_local_agent_address(const IpAddr& a);
+
 // What the session itself left out (the diagnosis adds the transactions it sets aside).
 struct SessionSetAside {
     std::uint64_t other_namespaces = 0;    // kernel events of namespaces not this node's
     std::uint64_t socket_bookkeeping = 0;  // frees of sockets' own queues, no followed connection
     std::uint64_t events_lost = 0;         // ring buffer full
+    std::uint64_t late_drops = 0;          // path drops after their transaction was reported
 };
 
 class Session {
@@ -72,6 +78,8 @@ public:
     double window_s() const;
     TracerCounters counters() const;
     SessionSetAside set_aside() const;
+    // The node's forwarding sysctls, as this network namespace has them.
+    const NodeFacts& node_facts() const;
     std::vector<std::string> describe() const;  // what is attached where
     const SessionOptions& options() const { return opts_; }
     std::vector<std::string> target_strings() const;

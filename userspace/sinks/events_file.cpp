@@ -24,12 +24,13 @@ void EventsFile::write(const TransactionRecord& r) {
 }
 
 void EventsFile::write_trailer(std::int64_t start_unix_ms, double window_s, const std::vector<std::string>& targets,
-                               const nlohmann::json& set_aside) {
+                               const nlohmann::json& set_aside, const nlohmann::json& node) {
     write_line(nlohmann::json{{"schema", kSessionSchema},
                               {"ts", iso8601_ms(start_unix_ms)},
                               {"window_s", window_s},
                               {"targets", targets},
-                              {"set_aside", set_aside}}
+                              {"set_aside", set_aside},
+                              {"node", node}}
                    .dump());
 }
 

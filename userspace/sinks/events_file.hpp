@@ -26,7 +26,7 @@ public:
     // `set_aside`: what the session left out (other namespaces, socket
     // bookkeeping, events lost), so `report` says the same.
     void write_trailer(std::int64_t start_unix_ms, double window_s, const std::vector<std::string>& targets,
-                       const nlohmann::json& set_aside);
+                       const nlohmann::json& set_aside, const nlohmann::json& node);
 
 private:
     void write_line(const std::string& line);

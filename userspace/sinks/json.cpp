@@ -74,7 +74,9 @@ json to_json(const TransactionRecord& r) {
                          {"location", d.location},
                          {"ttl", d.ttl},
                          {"direction", d.response ? "response" : "request"},
-                         {"count", d.count}});
+                         {"count", d.count},
+                         {"netns", d.netns ? json(d.netns) : json(nullptr)},
+                         {"place", d.place.empty() ? json(nullptr) : json(d.place)}});
     j["drops"] = drops;
     j["icmp_time_exceeded"] = r.icmp_time_exceeded;
     j["retransmits"] = r.retransmits;
@@ -138,6 +140,8 @@ TransactionRecord record_from_json(const json& j) {
         dr.ttl = d.value("ttl", 0);
         dr.response = d.value("direction", "response") == "response";
         dr.count = d.value("count", 1u);
+        if (d.contains("netns") && d["netns"].is_number_unsigned()) dr.netns = d["netns"].get<std::uint32_t>();
+        if (d.contains("place") && d["place"].is_string()) dr.place = d["place"].get<std::string>();
         r.drops.push_back(dr);
     }
     r.icmp_time_exceeded = j.value("icmp_time_exceeded", 0u);
@@ -149,12 +153,27 @@ TransactionRecord record_from_json(const json& j) {
     return r;
 }
 
+json node_facts_json(const NodeFacts& n) {
+    auto flag = [](const std::optional<bool>& v) { return v ? json(*v) : json(nullptr); };
+    return {{"ipv4_forwarding", flag(n.ipv4_forwarding)}, {"ipv6_forwarding", flag(n.ipv6_forwarding)}};
+}
+
+NodeFacts node_facts_from_json(const json& j) {
+    NodeFacts n;
+    if (!j.is_object()) return n;
+    if (j.contains("ipv4_forwarding") && j["ipv4_forwarding"].is_boolean()) n.ipv4_forwarding = j["ipv4_forwarding"].get<bool>();
+    if (j.contains("ipv6_forwarding") && j["ipv6_forwarding"].is_boolean()) n.ipv6_forwarding = j["ipv6_forwarding"].get<bool>();
+    return n;
+}
+
 json to_json(const Diagnosis& d) {
     json j;
     j["schema"] = kDiagnosisSchema;
     j["window_s"] = d.window_s;
     j["transactions"] = d.transactions;
     j["node"] = {{"hop_limit_observed", optional_int(d.hop_limit_observed)}, {"targets", d.targets}};
+    const json facts = node_facts_json(d.node);
+    for (const auto& [key, value] : facts.items()) j["node"][key] = value;
     json pods = json::array();
     for (const auto& p : d.pods) {
         json verdicts = json::object();
@@ -186,7 +205,8 @@ json to_json(const Diagnosis& d) {
                       {"incomplete_transactions", a.incomplete},
                       {"events_lost", a.events_lost},
                       {"other_namespace_events", a.other_namespaces},
-                      {"socket_bookkeeping_frees", a.socket_bookkeeping}};
+                      {"socket_bookkeeping_frees", a.socket_bookkeeping},
+                      {"late_drops", a.late_drops}};
     return j;
 }
 

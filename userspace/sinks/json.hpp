@@ -20,6 +20,9 @@ nlohmann::json to_json(const TransactionRecord& r);
 // Throws std::runtime_error naming the missing/invalid field.
 TransactionRecord record_from_json(const nlohmann::json& j);
 nlohmann::json to_json(const Diagnosis& d);
+// {"ipv4_forwarding": bool|null, "ipv6_forwarding": bool|null}, and back.
+nlohmann::json node_facts_json(const NodeFacts& n);
+NodeFacts node_facts_from_json(const nlohmann::json& j);
 
 // "2026-11-26T22:00:00.123Z"
 std::string iso8601_ms(std::int64_t unix_ms);

@@ -46,9 +46,13 @@ std::string set_aside_text(const SetAside& a) {
         out += "\n";
     }
     if (a.incomplete)
-        out += fmt::format("set aside: {} that lost events and have no evidence of their own (no verdict from missing "
-                           "evidence)\n",
+        out += fmt::format("set aside: {} with nothing but absence as evidence (events lost, or still in flight when "
+                           "the window ended): no verdict from missing evidence\n",
                            plural(a.incomplete, "transaction", "transactions"));
+    if (a.late_drops)
+        out += fmt::format("set aside: {} after their transaction was reported (retransmissions the node dropped "
+                           "again); counted here only\n",
+                           plural(a.late_drops, "drop arrived", "drops arrived"));
     if (a.events_lost)
         out += fmt::format("set aside: {} lost (ring buffer full): figures are lower bounds\n",
                            plural(a.events_lost, "event", "events"));

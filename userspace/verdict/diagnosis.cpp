@@ -1,5 +1,7 @@
 #include "verdict/diagnosis.hpp"
 
+#include "verdict/drop_fix.hpp"
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -48,13 +50,36 @@ std::string node_agent_fix(Verdict v, const TransactionRecord& example) {
         return fmt::format("A policy on this node drops traffic to the agent at {}: check iptables/nftables INPUT and "
                            "OUTPUT rules and NetworkPolicies that match it.",
                            agent);
+    case Verdict::no_route:
+    case Verdict::dropped:
+        return fmt::format("The agent's address {} is not on this node: the agent on this node is not running or not "
+                           "installed (for the EKS Pod Identity agent: the eks-pod-identity-agent add-on's DaemonSet "
+                           "puts the address on the node when it starts).",
+                           agent);
     default:
         return fmt::format("The agent on this node at {} answered with an error: check its logs.", agent);
     }
 }
 
-std::string generic_fix(Verdict v, const TransactionRecord& example) {
+// The drop that decided a record's verdict: the first of the kind the
+// verdict is about (a route drop for NO_ROUTE, a policy drop for BLOCKED),
+// never TCP's own bookkeeping.
+const DropRecord* deciding_drop(Verdict v, const TransactionRecord& r) {
+    for (const auto& d : r.drops) {
+        if (d.endpoint_bookkeeping()) continue;
+        const bool route = d.reason.ends_with("NOROUTES");
+        const bool policy = !netfilter_chain(d, false).empty() || d.reason.starts_with("BPF_CGROUP") ||
+                            d.reason.starts_with("TC_");
+        if (v == Verdict::no_route ? route : v == Verdict::blocked ? policy : true) return &d;
+    }
+    return nullptr;
+}
+
+std::string generic_fix(Verdict v, const TransactionRecord& example, const NodeFacts& node) {
     if (example.target_on_node && v != Verdict::not_found) return node_agent_fix(v, example);
+    if (v == Verdict::blocked || v == Verdict::no_route || v == Verdict::dropped)
+        if (const auto* d = deciding_drop(v, example))
+            return drop_fix(*d, example.family() == Family::ipv6, example.hops == 0, node);
     std::string where;
     if (!example.drops.empty())
         where = fmt::format("{}{}{}", example.drops.front().location,
@@ -194,10 +219,13 @@ Finding hop_limit_finding(const VerdictGroup& g, const std::vector<TransactionRe
     Finding f;
     f.verdict = Verdict::hop_limit_exceeded;
     f.pods = g.subjects;
-    int required = 0, max_hops = -1;
+    int required = 0, max_hops = -1, min_hops = 256;
     for (const auto* r : g.records) {
         if (r->required_hop_limit) required = std::max(required, *r->required_hop_limit);
-        if (r->hops) max_hops = std::max(max_hops, *r->hops);
+        if (r->hops) {
+            max_hops = std::max(max_hops, *r->hops);
+            min_hops = std::min(min_hops, *r->hops);
+        }
     }
     const auto& example = *g.records.front();
     f.evidence = g.count_text() + ": ";
@@ -207,9 +235,12 @@ Finding hop_limit_finding(const VerdictGroup& g, const std::vector<TransactionRe
     else if (example.ttl_at_node)
         f.evidence += fmt::format("responses reach the node with TTL {}", *example.ttl_at_node);
     const bool one = f.pods.size() == 1;
-    if (max_hops >= 0)
+    if (max_hops >= 0 && min_hops == max_hops)
         f.evidence += fmt::format("; the client{} {} {} hop{} behind the uplink and need{} hop limit {}", one ? "" : "s",
                                   one ? "is" : "are", max_hops, max_hops == 1 ? "" : "s", one ? "s" : "", required);
+    else if (max_hops >= 0)
+        f.evidence += fmt::format("; the clients are {} to {} hops behind the uplink; the farthest needs hop limit {}",
+                                  min_hops, max_hops, required);
     if (auto drops = g.drops(); !drops.empty()) f.evidence += "; kernel: " + drops;
     if (g.icmp) f.evidence += fmt::format("; {} ICMP time exceeded sent back to IMDS", g.icmp);
     // Pods whose token requests fail but whose tokenless metadata GETs still work.
@@ -233,7 +264,8 @@ Finding hop_limit_finding(const VerdictGroup& g, const std::vector<TransactionRe
     return f;
 }
 
-Finding status_finding(Verdict v, const VerdictGroup& g, const std::vector<TransactionRecord>& records) {
+Finding status_finding(Verdict v, const VerdictGroup& g, const std::vector<TransactionRecord>& records,
+                       const NodeFacts& node) {
     Finding f;
     f.verdict = v;
     f.pods = g.subjects;
@@ -241,7 +273,7 @@ Finding status_finding(Verdict v, const VerdictGroup& g, const std::vector<Trans
     f.evidence = fmt::format("{}; e.g. {}", g.count_text(), example.evidence);
     if (auto drops = g.drops(); !drops.empty() && example.evidence.find("dropped") == std::string::npos)
         f.evidence += "; kernel: " + drops;
-    f.fix = generic_fix(v, example);
+    f.fix = generic_fix(v, example, node);
     if (v == Verdict::token_required) {
         // SDKs fall back to IMDSv1 when their token PUT times out: on a
         // tokens-required node the 401 is a symptom of the hop limit.
@@ -260,7 +292,8 @@ Finding status_finding(Verdict v, const VerdictGroup& g, const std::vector<Trans
 }
 
 // One finding per failing verdict, worst first, naming every pod that met it.
-std::vector<Finding> build_findings(const std::vector<TransactionRecord>& records, std::optional<int> hop_limit_observed) {
+std::vector<Finding> build_findings(const std::vector<TransactionRecord>& records, std::optional<int> hop_limit_observed,
+                                    const NodeFacts& node) {
     std::map<Verdict, VerdictGroup> groups;
     for (const auto& r : records)
         if (r.verdict != Verdict::ok) groups[r.verdict].add(r);
@@ -270,7 +303,7 @@ std::vector<Finding> build_findings(const std::vector<TransactionRecord>& record
     std::vector<Finding> out;
     for (const auto& [v, g] : order)
         out.push_back(v == Verdict::hop_limit_exceeded ? hop_limit_finding(*g, records, hop_limit_observed)
-                                                       : status_finding(v, *g, records));
+                                                       : status_finding(v, *g, records, node));
     return out;
 }
 
@@ -322,7 +355,8 @@ void DiagnosisBuilder::add(const TransactionRecord& r) {
 }
 
 void DiagnosisBuilder::add_session_counts(std::uint64_t other_namespaces, std::uint64_t socket_bookkeeping,
-                                          std::uint64_t events_lost) {
+                                          std::uint64_t events_lost, std::uint64_t late_drops) {
+    set_aside_.late_drops += late_drops;
     set_aside_.other_namespaces += other_namespaces;
     set_aside_.socket_bookkeeping += socket_bookkeeping;
     set_aside_.events_lost += events_lost;
@@ -336,7 +370,8 @@ Diagnosis DiagnosisBuilder::build(double window_s, std::vector<std::string> targ
     d.transactions = static_cast<int>(records_.size());
     d.hop_limit_observed = observed_hop_limit(records_);
     d.pods = summarize_pods(records_);
-    d.findings = build_findings(records_, d.hop_limit_observed);
+    d.node = node_;
+    d.findings = build_findings(records_, d.hop_limit_observed, node_);
     d.warnings = hop_budget_warnings(d.pods, d.hop_limit_observed);
     return d;
 }

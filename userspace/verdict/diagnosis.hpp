@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "verdict/drop_fix.hpp"
 #include "verdict/record.hpp"
 
 namespace imdstrace {
@@ -59,9 +60,13 @@ struct SetAside {
     std::uint64_t other_namespaces = 0;
     std::uint64_t socket_bookkeeping = 0;
     std::uint64_t events_lost = 0;
+    // Path drops that arrived after their transaction was reported (IMDS
+    // retransmitting an answer the node already dropped): in no record.
+    std::uint64_t late_drops = 0;
 
     bool any() const {
-        return opened_before_tracing || incomplete || other_namespaces || socket_bookkeeping || events_lost;
+        return opened_before_tracing || incomplete || other_namespaces || socket_bookkeeping || events_lost ||
+               late_drops;
     }
 };
 
@@ -73,6 +78,7 @@ struct Diagnosis {
     std::vector<Finding> findings;
     std::vector<Warning> warnings;
     SetAside set_aside;
+    NodeFacts node;
     int transactions = 0;  // the ones judged (set-aside ones not counted)
 
     bool failing() const;
@@ -85,13 +91,16 @@ public:
     void add(const TransactionRecord& r);
     // Counts the session kept (other namespaces, bookkeeping, lost events);
     // added up over several runs (report of an appended --events file).
-    void add_session_counts(std::uint64_t other_namespaces, std::uint64_t socket_bookkeeping, std::uint64_t events_lost);
+    void add_session_counts(std::uint64_t other_namespaces, std::uint64_t socket_bookkeeping, std::uint64_t events_lost,
+                            std::uint64_t late_drops = 0);
+    void set_node_facts(const NodeFacts& node) { node_ = node; }
     Diagnosis build(double window_s, std::vector<std::string> targets) const;
     const std::vector<TransactionRecord>& records() const { return records_; }
 
 private:
     std::vector<TransactionRecord> records_;
     SetAside set_aside_;
+    NodeFacts node_;
 };
 
 // Whether a record is left out of verdicts (and why, for text output): "" = judged.

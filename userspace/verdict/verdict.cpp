@@ -1,5 +1,7 @@
 #include "verdict/verdict.hpp"
 
+#include "verdict/drop_fix.hpp"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -49,11 +51,17 @@ bool path_drop(const DropRecord& d) { return !endpoint_bookkeeping(d); }
 
 std::string describe_drops(const Transaction& t, bool (*pick)(const DropRecord&)) {
     std::string out;
+    const bool client_on_node = t.local_socket_at_uplink;
     for (const auto& d : t.drops) {
         if (pick && !pick(d)) continue;
         if (!out.empty()) out += ", ";
         out += fmt::format("{}x dropped {}{}{} at {} (TTL {})", d.count, d.response ? "response " : "request ",
                            d.reason.empty() ? "" : "reason ", d.reason, d.location, d.ttl);
+        if (d.place.empty()) continue;
+        auto chain = netfilter_chain(d, client_on_node);
+        out += " " + drop_place_words(d);
+        if (!chain.empty()) out += " (" + chain + ")";
+        if (d.place == "pod" && !d.response) out += ", before it left the pod";
     }
     return out;
 }

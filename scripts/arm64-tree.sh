@@ -44,8 +44,9 @@ SKIP='^(libc6-dev|libc-dev-bin|libcrypt-dev|libnsl-dev|libtirpc-dev|linux-libc-d
 
 for tool in apt-cache apt-get dpkg-deb; do command -v "$tool" >/dev/null || die "$tool not found"; done
 
-# Fast path: the tree was made from these requests and no package list changed since.
-request=$(printf '%s\n' $BUILD_PKGS -- $GUEST_PKGS -- "$SKIP")
+# Fast path: the tree was made by this script (its package lists and rules) and no package
+# list changed since.
+request=$(sha256sum <"${BASH_SOURCE[0]}")
 if [ -f "$TREE/.stamp" ] && [ "$(cat "$TREE/.request" 2>/dev/null)" = "$request" ] &&
    [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' -newer "$TREE/.stamp" -print -quit)" ]; then
   echo "$TREE"
@@ -56,7 +57,7 @@ apt-cache show libc6:arm64 >/dev/null 2>&1 ||
   die "no arm64 package lists: run scripts/setup-kernel-matrix.sh --arch arm64"
 
 # Dependency closure: Depends and Pre-Depends, first alternative of each group, a virtual
-# package's first provider. Only libraries are followed beyond the packages asked for:
+# package's first provider. Only libraries (names with "lib": libfoo, zlib1g) are followed:
 # maintainer-script tools (debconf, dpkg, base-files, ...) are not needed in either use.
 # Prints "name" for arch:all packages and "name:arm64" for the rest.
 deps_of() {
@@ -106,7 +107,7 @@ while [ ${#queue[@]} -gt 0 ]; do
   queue=()
   [ ${#batch[@]} -gt 0 ] || break
   # Unqualified names (dependencies of arch:all packages) are qualified like the top level.
-  mapfile -t deps < <(deps_of "${batch[@]}" | awk '/^lib/' | sort -u)
+  mapfile -t deps < <(deps_of "${batch[@]}" | awk '/lib/' | sort -u)
   bare=()
   for d in "${deps[@]}"; do
     if [ "$d" = "${d%:arm64}" ]; then bare+=("$d"); else queue+=("$d"); fi

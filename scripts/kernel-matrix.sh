@@ -1,28 +1,43 @@
 #!/usr/bin/env bash
 # Boot Debian cloud kernels under qemu (TCG) with an initramfs holding imdstrace, the testbed
-# binaries, iproute2/iptables/nft/nsenter, and run tests/kernel/scenario.sh inside each: the
-# CO-RE proof. See tests/kernel/README.md.
+# binaries, the unit and BPF test binaries, iproute2/iptables/nft/nsenter, and run
+# tests/kernel/scenario.sh inside each: the CO-RE proof. See tests/kernel/README.md.
 #
-#   kernel-matrix.sh --build-dir DIR [--kernels "6.1 6.12"] [--cache DIR] [--timeout 240]
-#                    [--smp N] [--allow-missing] [--keep]
+#   kernel-matrix.sh --build-dir DIR [--arch x86_64|arm64] [--cross-build] [--kernels "6.1 6.12"]
+#                    [--unit-tests once|each|none] [--cache DIR] [--timeout SECONDS] [--smp N]
+#                    [--allow-missing] [--keep]
 #
 # Prints one line per kernel ("kernel <version>: PASS (37 s)") and a final "N passed, M failed".
 # Exit: 0 all passed, 1 a kernel failed or gave no result marker, 2 usage or setup error.
+#
+# --arch arm64 (Graviton): DIR holds an arm64 build (scripts/cross-build.sh; --cross-build runs
+# it first), the guest's tools and libraries come from Debian's arm64 packages
+# (scripts/arm64-tree.sh) instead of the host, the kernels are linux-image-*-cloud-arm64 and
+# qemu-system-aarch64 runs them (-M virt, TCG). Default cache: DIR/kernels, or BUILD/kernels
+# when DIR is BUILD/arm64. Default timeout: 240 s per kernel (x86_64), 480 s (arm64).
+#
+# Every guest runs imdstrace_bpf_tests (BPF_PROG_TEST_RUN: kernel dependent). The unit tests
+# (imdstrace_unit_tests: userspace logic, the same on every kernel; ~3 minutes under arm64 TCG)
+# run in the first guest of the run (--unit-tests once, default for arm64), in every guest
+# (each), or not at all (none, default for x86_64, whose unit tests ctest runs on the host).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 usage() {
-  sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 die() { echo "kernel-matrix: $*" >&2; exit 2; }
 log() { echo "kernel-matrix: $*" >&2; }
 
 BUILD_DIR=
+ARCH=x86_64
+CROSS_BUILD=0
 KERNELS="6.1 6.12"
+UNIT_TESTS=
 CACHE=
-TIMEOUT=240
+TIMEOUT=
 SMP=1
 MEM=1024
 MAX_LINES=${KERNEL_MATRIX_MAX_LINES:-80}
@@ -31,6 +46,9 @@ KEEP=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --build-dir) BUILD_DIR=${2:?}; shift 2 ;;
+    --arch) ARCH=${2:?}; shift 2 ;;
+    --cross-build) CROSS_BUILD=1; shift ;;
+    --unit-tests) UNIT_TESTS=${2:?}; shift 2 ;;
     --kernels) KERNELS=${2:?}; shift 2 ;;
     --cache) CACHE=${2:?}; shift 2 ;;
     --timeout) TIMEOUT=${2:?}; shift 2 ;;
@@ -42,12 +60,46 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ -n "$BUILD_DIR" ] || usage
+# Everything that differs between the architectures, decided here once.
+case "$ARCH" in
+  x86_64|amd64)
+    ARCH=x86_64 KARCH=amd64 ELF_MACHINE=003e MULTIARCH=x86_64-linux-gnu
+    QEMU=qemu-system-x86_64 QEMU_MACHINE=() CONSOLE=ttyS0
+    BPF_TARGET=x86 BPF_ARCH_INCLUDE=/usr/include/x86_64-linux-gnu
+    STRIP=strip SRC_ROOT= DEFAULT_TIMEOUT=240 DEFAULT_UNIT_TESTS=none ;;
+  arm64|aarch64)
+    # -cpu max emulates pointer authentication slowly (QARMA); the implementation-defined
+    # algorithm is as fast as no pauth and keeps the CPU feature set of a Graviton-class core.
+    ARCH=arm64 KARCH=arm64 ELF_MACHINE=00b7 MULTIARCH=aarch64-linux-gnu
+    QEMU=qemu-system-aarch64 QEMU_MACHINE=(-M virt -cpu max,pauth-impdef=on) CONSOLE=ttyAMA0
+    BPF_TARGET=arm64 BPF_ARCH_INCLUDE=/usr/aarch64-linux-gnu/include
+    STRIP=aarch64-linux-gnu-strip SRC_ROOT= DEFAULT_TIMEOUT=480 DEFAULT_UNIT_TESTS=once ;;
+  *) die "--arch wants x86_64 or arm64" ;;
+esac
+TIMEOUT=${TIMEOUT:-$DEFAULT_TIMEOUT}
+UNIT_TESTS=${UNIT_TESTS:-$DEFAULT_UNIT_TESTS}
+case "$UNIT_TESTS" in once|each|none) ;; *) die "--unit-tests wants once, each or none" ;; esac
+case "$TIMEOUT" in ''|*[!0-9]*) die "--timeout wants seconds" ;; esac
+if [ "$CROSS_BUILD" = 1 ]; then
+  [ "$ARCH" = arm64 ] || die "--cross-build is for --arch arm64"
+  mkdir -p "$BUILD_DIR"
+fi
 [ -d "$BUILD_DIR" ] || die "build dir $BUILD_DIR does not exist"
 BUILD_DIR=$(cd "$BUILD_DIR" && pwd)
-CACHE=${CACHE:-$BUILD_DIR/kernels}
+if [ -z "$CACHE" ]; then
+  CACHE=$BUILD_DIR/kernels
+  [ "$ARCH" = arm64 ] && [ "$(basename "$BUILD_DIR")" = arm64 ] && CACHE=$(dirname "$BUILD_DIR")/kernels
+fi
 mkdir -p "$CACHE"
 CACHE=$(cd "$CACHE" && pwd)
-case "$TIMEOUT" in ''|*[!0-9]*) die "--timeout wants seconds" ;; esac
+if [ "$CROSS_BUILD" = 1 ]; then
+  "$REPO/scripts/cross-build.sh" --arch arm64 --build-dir "$BUILD_DIR" --cache "$CACHE" ||
+    die "cross build failed"
+fi
+if [ "$ARCH" = arm64 ]; then
+  # The guest's userland: Debian's arm64 packages, extracted (cached; quick when unchanged).
+  SRC_ROOT=$("$REPO/scripts/arm64-tree.sh" --cache "$CACHE") || die "arm64 dependency tree failed"
+fi
 # The guest gives up a little before qemu is killed, so a hung scenario still prints its marker.
 GUEST_TIMEOUT=$(( TIMEOUT > 60 ? TIMEOUT - 30 : TIMEOUT * 3 / 4 ))
 
@@ -66,6 +118,8 @@ PROJECT_FILES=(
   "$REPO/tests/e2e/scope.sh:/repo/tests/e2e/scope.sh"
   "$BUILD_DIR/tests/testbed/k8s-api-standin:/usr/bin/k8s-api-standin"
   "$BUILD_DIR/tests/testbed/ttl-datapath:/usr/bin/ttl-datapath"
+  "$BUILD_DIR/tests/imdstrace_unit_tests:/usr/bin/imdstrace_unit_tests"
+  "$BUILD_DIR/tests/imdstrace_bpf_tests:/usr/bin/imdstrace_bpf_tests"
 )
 missing=0
 for pf in "${PROJECT_FILES[@]}"; do
@@ -79,6 +133,13 @@ for pf in "${PROJECT_FILES[@]}"; do
   fi
 done
 [ "$missing" = 0 ] || die "missing project files"
+# The binaries must be built for the guest's architecture (ELF e_machine).
+for pf in "${PROJECT_FILES[@]}"; do
+  src=${pf%%:*}
+  [ -f "$src" ] && head -c4 "$src" | grep -q 'ELF' || continue
+  m=$(od -An -tx2 -j18 -N2 "$src" | tr -d ' ')
+  [ "$m" = "$ELF_MACHINE" ] || die "$src is not a $ARCH binary (e_machine $m; arm64: scripts/cross-build.sh, or --cross-build)"
+done
 for f in tests/kernel/scenario.sh tests/kernel/init.sh; do
   [ -f "$REPO/$f" ] || die "$f missing"
 done
@@ -86,8 +147,10 @@ done
 OUT=$BUILD_DIR/kernel-matrix
 mkdir -p "$OUT"
 
-for tool in qemu-system-x86_64 cpio gzip dpkg-deb apt-get apt-cache depmod modinfo xz ldd busybox; do
-  command -v "$tool" >/dev/null || die "$tool not found; run scripts/setup-kernel-matrix.sh"
+tools=("$QEMU" cpio gzip dpkg-deb apt-get apt-cache depmod modinfo xz busybox "$STRIP")
+if [ "$ARCH" = arm64 ]; then tools+=(aarch64-linux-gnu-readelf); else tools+=(ldd); fi
+for tool in "${tools[@]}"; do
+  command -v "$tool" >/dev/null || die "$tool not found; run scripts/setup-kernel-matrix.sh --arch $ARCH"
 done
 
 # ---------------------------------------------------------------------------------------------
@@ -97,7 +160,7 @@ done
 
 ROOTFS=$OUT/rootfs
 rm -rf "$ROOTFS"
-mkdir -p "$ROOTFS"/{usr/bin,usr/sbin,usr/lib/x86_64-linux-gnu,usr/lib64,etc,proc,sys,dev,run,tmp,root,var,build/tests/testbed,repo/scripts}
+mkdir -p "$ROOTFS"/{usr/bin,usr/sbin,usr/lib/$MULTIARCH,usr/lib64,etc,proc,sys,dev,run,tmp,root,var,build/tests/testbed,repo/scripts}
 ln -s usr/bin "$ROOTFS/bin"
 ln -s usr/sbin "$ROOTFS/sbin"
 ln -s usr/lib "$ROOTFS/lib"
@@ -114,11 +177,38 @@ guest_path() {
 }
 
 # Copy one file (following symlinks) to the guest path, then the shared libraries it needs.
+# SRC is a path on the host; guest tools are named by their path in SRC_ROOT (the host for
+# x86_64, the arm64 tree for arm64): "$SRC_ROOT/usr/sbin/ip".
 add_file() {
-  local src=$1 dst=${2:-$(guest_path "$1")}
+  local src=$1 dst=${2:-$(guest_path "${1#"$SRC_ROOT"}")}
   mkdir -p "$ROOTFS$(dirname "$dst")"
   cp -L --preserve=mode "$src" "$ROOTFS$dst"
-  add_libs "$src"
+  if [ "$ARCH" = arm64 ]; then add_libs_tree "$src"; else add_libs "$src"; fi
+}
+
+# arm64: ldd cannot run the binaries, so follow PT_INTERP and each DT_NEEDED list through the
+# tree's library directories, recursively. A library the tree lacks is an error: the guest
+# would fail later and less clearly.
+add_libs_tree() {
+  local src=$1 lib dir found interp
+  head -c4 "$src" | grep -q 'ELF' || return 0   # scripts, data
+  interp=$(aarch64-linux-gnu-readelf -lW "$src" 2>/dev/null | sed -n 's/.*Requesting program interpreter: \(.*\)]/\1/p')
+  if [ -n "$interp" ] && [ ! -e "$ROOTFS$(guest_path "$interp")" ]; then
+    [ -e "$SRC_ROOT$interp" ] || die "$src: interpreter $interp not in the arm64 tree"
+    mkdir -p "$ROOTFS$(dirname "$(guest_path "$interp")")"
+    cp -L --preserve=mode "$SRC_ROOT$interp" "$ROOTFS$(guest_path "$interp")"
+  fi
+  for lib in $(aarch64-linux-gnu-readelf -dW "$src" 2>/dev/null | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
+    found=
+    for dir in /usr/lib/$MULTIARCH /usr/lib /usr/lib/$MULTIARCH/xtables; do
+      [ -e "$SRC_ROOT$dir/$lib" ] && { found=$dir/$lib; break; }
+    done
+    [ -n "$found" ] || die "$src needs $lib, which the arm64 tree lacks (scripts/arm64-tree.sh)"
+    [ -e "$ROOTFS$found" ] && continue
+    mkdir -p "$ROOTFS$(dirname "$found")"
+    cp -L --preserve=mode "$SRC_ROOT$found" "$ROOTFS$found"
+    add_libs_tree "$SRC_ROOT$found"
+  done
 }
 
 add_libs() {
@@ -140,7 +230,8 @@ add_libs() {
   done
 }
 
-first_of() { local p; for p in "$@"; do [ -x "$p" ] && { echo "$p"; return 0; }; done; return 1; }
+# The first candidate (a guest path) that exists in SRC_ROOT, printed with SRC_ROOT.
+first_of() { local p; for p in "$@"; do [ -x "$SRC_ROOT$p" ] && { echo "$SRC_ROOT$p"; return 0; }; done; return 1; }
 
 # busybox: applets as symlinks, except where a real tool is installed below (added afterwards,
 # so the check happens at the end). The guest's /bin/sh is dash: busybox sh runs its own
@@ -176,16 +267,18 @@ want /usr/sbin/nft /usr/sbin/nft /sbin/nft
 for multi in xtables-nft-multi xtables-legacy-multi; do
   if p=$(first_of /usr/sbin/$multi /sbin/$multi); then add_file "$p" /usr/sbin/$multi; fi
 done
+# The names as the host's alternatives resolve them (iptables -> xtables-nft-multi, ...): the
+# arm64 packages ship no alternatives, so the host's choice is the guest's for both.
 for p in /usr/sbin/*tables* /usr/sbin/ebtables* /usr/sbin/arptables*; do
   [ -L "$p" ] || continue
   name=$(basename "$p")
   target=$(basename "$(readlink -f "$p")")
   [ -e "$ROOTFS/usr/sbin/$target" ] && [ ! -e "$ROOTFS/usr/sbin/$name" ] && ln -s "$target" "$ROOTFS/usr/sbin/$name"
 done
-if [ -d /usr/lib/x86_64-linux-gnu/xtables ]; then
-  mkdir -p "$ROOTFS/usr/lib/x86_64-linux-gnu/xtables"
-  for so in /usr/lib/x86_64-linux-gnu/xtables/*.so; do
-    add_file "$so" "/usr/lib/x86_64-linux-gnu/xtables/$(basename "$so")"
+if [ -d "$SRC_ROOT/usr/lib/$MULTIARCH/xtables" ]; then
+  mkdir -p "$ROOTFS/usr/lib/$MULTIARCH/xtables"
+  for so in "$SRC_ROOT/usr/lib/$MULTIARCH/xtables"/*.so; do
+    add_file "$so" "/usr/lib/$MULTIARCH/xtables/$(basename "$so")"
   done
 fi
 
@@ -193,8 +286,8 @@ fi
 for f in /etc/protocols /etc/services /etc/ethertypes /etc/netconfig; do
   [ -f "$f" ] && cp "$f" "$ROOTFS$f"
 done
-[ -d /etc/iproute2 ] && cp -r /etc/iproute2 "$ROOTFS/etc/"
-[ -d /usr/share/iproute2 ] && mkdir -p "$ROOTFS/usr/share" && cp -r /usr/share/iproute2 "$ROOTFS/usr/share/"
+[ -d "$SRC_ROOT/etc/iproute2" ] && cp -r "$SRC_ROOT/etc/iproute2" "$ROOTFS/etc/"
+[ -d "$SRC_ROOT/usr/share/iproute2" ] && mkdir -p "$ROOTFS/usr/share" && cp -r "$SRC_ROOT/usr/share/iproute2" "$ROOTFS/usr/share/"
 echo 'root:x:0:0:root:/root:/bin/sh' >"$ROOTFS/etc/passwd"
 echo 'root:x:0:' >"$ROOTFS/etc/group"
 printf '127.0.0.1 localhost\n::1 localhost\n' >"$ROOTFS/etc/hosts"
@@ -205,13 +298,14 @@ for pf in "${PROJECT_FILES[@]}"; do
   if [ -e "${pf%%:*}" ]; then
     add_file "${pf%%:*}" "${pf#*:}"
     # Debug info can be most of a Debug build's size; the guest only runs the binary.
-    if command -v strip >/dev/null && head -c4 "${pf%%:*}" | grep -q 'ELF'; then
-      strip --strip-debug "$ROOTFS${pf#*:}"
+    if head -c4 "${pf%%:*}" | grep -q 'ELF'; then
+      "$STRIP" --strip-debug "$ROOTFS${pf#*:}"
     fi
   fi
 done
 # The build-dir layout, for scripts that find binaries relative to a build directory.
-for b in imdstrace tests/testbed/imds-emulator tests/testbed/imds-client tests/testbed/k8s-api-standin tests/testbed/ttl-datapath; do
+for b in imdstrace tests/testbed/imds-emulator tests/testbed/imds-client tests/testbed/k8s-api-standin \
+         tests/testbed/ttl-datapath tests/imdstrace_unit_tests tests/imdstrace_bpf_tests; do
   [ -e "$ROOTFS/usr/bin/$(basename $b)" ] && ln -s "/usr/bin/$(basename $b)" "$ROOTFS/build/$b"
 done
 [ -e "$ROOTFS/repo/scripts/testbed.sh" ] && ln -s /repo/scripts/testbed.sh "$ROOTFS/usr/bin/testbed.sh"
@@ -221,7 +315,7 @@ install -m 0755 "$REPO/tests/kernel/init.sh" "$ROOTFS/init"
 # Optional BPF probe object (tests/kernel/probe.bpf.c), loaded by /init with bpftool.
 if command -v clang >/dev/null && [ -f /usr/include/bpf/bpf_helpers.h ] && [ -x "$ROOTFS/usr/sbin/bpftool" ]; then
   mkdir -p "$ROOTFS/usr/lib/kernel-matrix"
-  clang -O2 -g -target bpf -D__TARGET_ARCH_x86 -I/usr/include/x86_64-linux-gnu \
+  clang -O2 -g -target bpf -D__TARGET_ARCH_$BPF_TARGET -I"$BPF_ARCH_INCLUDE" \
     -c "$REPO/tests/kernel/probe.bpf.c" -o "$ROOTFS/usr/lib/kernel-matrix/probe.bpf.o" ||
     die "compiling tests/kernel/probe.bpf.c failed"
 else
@@ -229,7 +323,10 @@ else
 fi
 
 # Applet links last, so real tools always win: nothing is linked over an existing name.
-for applet in $("$BUSYBOX" --list); do
+# The arm64 busybox cannot run here; the host's busybox-static is the same Debian version and
+# configuration, so its applet list is the guest's (an applet it lacked would say so when run).
+HOST_BUSYBOX=$(SRC_ROOT='' first_of /bin/busybox /usr/bin/busybox) || die "busybox not found on the host"
+for applet in $("$HOST_BUSYBOX" --list); do
   case "$applet" in busybox|init|linuxrc|sh) continue ;; esac
   [ -e "$ROOTFS/usr/bin/$applet" ] || [ -e "$ROOTFS/usr/sbin/$applet" ] || [ -L "$ROOTFS/usr/sbin/$applet" ] && continue
   ln -s busybox "$ROOTFS/usr/bin/$applet"
@@ -264,39 +361,44 @@ MODULES_COPY="veth sch_ingress cls_bpf act_bpf act_gact act_mirred cls_u32 cls_m
 # iptables-nft warn on every listing; the kernel autoloads them if iptables-legacy is used.
 MODULES_LOAD_SKIP='^(iptable_|ip6table_|ip_tables$|ip6_tables$)'
 
+# apt names a foreign architecture's package "name:arm64".
+APT_ARCH=
+[ "$KARCH" = "$(dpkg --print-architecture)" ] || APT_ARCH=:$KARCH
+
 series_regex() { printf '%s' "$1" | sed 's/\./\\./g'; }
 
-# Newest "linux-image-<abi>-cloud-amd64" of a series, as "<abi>".
+# Newest "linux-image-<abi>-cloud-$KARCH" of a series, as "<abi>".
 newest_abi() {
   local series=$1 re
-  re="^linux-image-$(series_regex "$series")([.-][0-9][^ ]*)?-cloud-amd64(-unsigned)?\$"
+  re="^linux-image-$(series_regex "$series")([.-][0-9][^ ]*)?-cloud-$KARCH(-unsigned)?\$"
   apt-cache search --names-only "$re" 2>/dev/null | awk '{print $1}' |
-    sed -E 's/^linux-image-//; s/-cloud-amd64(-unsigned)?$//' | sort -uV | tail -n1
+    sed -E "s/^linux-image-//; s/-cloud-$KARCH(-unsigned)?$//" | sort -uV | tail -n1
 }
 
+# The kernels of the other architecture share the cache: every name and glob carries $KARCH.
 # Downloads (or reuses) the package holding vmlinuz for a series; prints "<pkgdir> <kver>".
 fetch_kernel() {
   local series=$1 abi pkg deb dir
   abi=$(newest_abi "$series")
   if [ -z "$abi" ]; then
-    log "no package lists know linux-image-$series*-cloud-amd64; running apt-get update"
+    log "no package lists know linux-image-$series*-cloud-$KARCH; running apt-get update"
     apt-get update -qq >/dev/null 2>&1 || log "warning: apt-get update failed"
     abi=$(newest_abi "$series")
   fi
   if [ -z "$abi" ]; then
     # Offline: newest cached package of the series.
-    deb=$(ls "$CACHE"/linux-image-"$series"[.-][0-9]*-cloud-amd64*_amd64.deb 2>/dev/null | sort -V | tail -n1 || true)
+    deb=$(ls "$CACHE"/linux-image-"$series"[.-][0-9]*-cloud-$KARCH*_$KARCH.deb 2>/dev/null | sort -V | tail -n1 || true)
     [ -n "$deb" ] || { log "error: no linux-image package for series $series"; return 1; }
-    abi=$(basename "$deb" | sed -E 's/^linux-image-//; s/-cloud-amd64(-unsigned)?_.*$//')
+    abi=$(basename "$deb" | sed -E "s/^linux-image-//; s/-cloud-$KARCH(-unsigned)?_.*$//")
   fi
   # The signed package carries vmlinuz and modules on bookworm; -unsigned is the fallback.
-  for pkg in "linux-image-$abi-cloud-amd64" "linux-image-$abi-cloud-amd64-unsigned"; do
-    deb=$(ls "$CACHE/${pkg}"_*_amd64.deb 2>/dev/null | sort -V | tail -n1 || true)
+  for pkg in "linux-image-$abi-cloud-$KARCH" "linux-image-$abi-cloud-$KARCH-unsigned"; do
+    deb=$(ls "$CACHE/${pkg}"_*_$KARCH.deb 2>/dev/null | sort -V | tail -n1 || true)
     if [ -z "$deb" ]; then
-      apt-cache show "$pkg" >/dev/null 2>&1 || continue
-      log "downloading $pkg"
-      (cd "$CACHE" && apt-get download -qq -o APT::Sandbox::User=root "$pkg" >/dev/null) || continue
-      deb=$(ls "$CACHE/${pkg}"_*_amd64.deb 2>/dev/null | sort -V | tail -n1 || true)
+      apt-cache show "$pkg$APT_ARCH" >/dev/null 2>&1 || continue
+      log "downloading $pkg$APT_ARCH"
+      (cd "$CACHE" && apt-get download -qq -o APT::Sandbox::User=root "$pkg$APT_ARCH" >/dev/null) || continue
+      deb=$(ls "$CACHE/${pkg}"_*_$KARCH.deb 2>/dev/null | sort -V | tail -n1 || true)
       [ -n "$deb" ] || continue
     fi
     dir=$CACHE/x/$(basename "$deb" .deb)
@@ -308,9 +410,9 @@ fetch_kernel() {
     if ls "$dir"/boot/vmlinuz-* >/dev/null 2>&1; then
       # Keep the cache to one kernel per series: drop what older ABIs left behind.
       local old
-      for old in "$CACHE"/linux-image-"$series"[.-][0-9]*_amd64.deb "$CACHE"/x/linux-image-"$series"[.-][0-9]*_amd64; do
+      for old in "$CACHE"/linux-image-"$series"[.-][0-9]*_$KARCH.deb "$CACHE"/x/linux-image-"$series"[.-][0-9]*_$KARCH; do
         [ -e "$old" ] || continue
-        case "$(basename "$old")" in "linux-image-$abi-cloud-amd64"*) continue ;; esac
+        case "$(basename "$old")" in "linux-image-$abi-cloud-$KARCH"*) continue ;; esac
         log "pruning $(basename "$old") from the cache"
         rm -rf "$old"
       done
@@ -392,7 +494,12 @@ build_modules() {
 passed=0
 failed=0
 summary=()
+first=1
 for series in $KERNELS; do
+  # Which gtest binaries this guest runs (tests/kernel/scenario.sh reads it from the cmdline).
+  gtests=bpf
+  if [ "$UNIT_TESTS" = each ] || { [ "$UNIT_TESTS" = once ] && [ "$first" = 1 ]; }; then gtests=unit,bpf; fi
+  first=0
   start_build=$(date +%s)
   if ! read -r pkgdir kver < <(fetch_kernel "$series"); then
     summary+=("kernel $series: FAIL (no kernel package)")
@@ -412,10 +519,10 @@ for series in $KERNELS; do
 
   start=$(date +%s)
   set +e
-  timeout --kill-after=10 "$TIMEOUT" qemu-system-x86_64 -accel tcg -smp "$SMP" -m "$MEM" \
+  timeout --kill-after=10 "$TIMEOUT" "$QEMU" "${QEMU_MACHINE[@]}" -accel tcg -smp "$SMP" -m "$MEM" \
     -nographic -nodefaults -no-reboot -serial stdio \
     -kernel "$vmlinuz" -initrd "$work/initramfs.cpio.gz" \
-    -append "console=ttyS0 panic=-1 quiet imdstrace.guest_timeout=$GUEST_TIMEOUT" \
+    -append "console=$CONSOLE panic=-1 quiet imdstrace.guest_timeout=$GUEST_TIMEOUT imdstrace.gtests=$gtests" \
     </dev/null >"$logf.raw" 2>&1
   qrc=$?
   set -e
@@ -426,8 +533,9 @@ for series in $KERNELS; do
   marker=$(grep -aoE 'IMDSTRACE-MATRIX-RESULT: (PASS|FAIL.*)' "$logf" | tail -n1 || true)
   # The guest's own progress lines; capped, since a verifier log can run to thousands.
   shown=$(grep -acE '^(scenario|guest):' "$logf" || true)
-  grep -aE '^(scenario|guest):' "$logf" | head -n "$MAX_LINES" | sed "s/^/  [$series] /" || true
-  [ "$shown" -le "$MAX_LINES" ] || echo "  [$series] ... $((shown - MAX_LINES)) more lines in $logf"
+  tag=$series; [ "$ARCH" = x86_64 ] || tag="$ARCH $series"
+  grep -aE '^(scenario|guest):' "$logf" | head -n "$MAX_LINES" | sed "s/^/  [$tag] /" || true
+  [ "$shown" -le "$MAX_LINES" ] || echo "  [$tag] ... $((shown - MAX_LINES)) more lines in $logf"
   if [ "$marker" = "IMDSTRACE-MATRIX-RESULT: PASS" ]; then
     line="kernel $kver: PASS ($elapsed s)"
     passed=$((passed + 1))

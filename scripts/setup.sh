@@ -2,7 +2,8 @@
 # Install everything imdstrace needs to build and test, from Debian packages
 # (nothing is downloaded at build time).  Idempotent; root.
 #   scripts/setup.sh            build + test dependencies
-#   scripts/setup.sh --matrix   also the kernel-matrix tools (qemu, busybox, ...)
+#   scripts/setup.sh --matrix   also the kernel-matrix tools for both rows, x86_64 and arm64
+#                               (qemu-system-x86/-arm, busybox, the aarch64 cross compiler, ...)
 set -euo pipefail
 
 pkgs=(
@@ -35,6 +36,6 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 if [ "${1:-}" = "--matrix" ]; then
-  "$(dirname "$0")/setup-kernel-matrix.sh"
+  "$(dirname "$0")/setup-kernel-matrix.sh" --arch all
 fi
 echo "setup: ok"

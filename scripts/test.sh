@@ -2,7 +2,8 @@
 # The whole test suite, as CI runs it (.ci/run calls this): installs the
 # dependencies, builds, runs unit, BPF, end-to-end and kernel-matrix tests
 # (root: real BPF, real namespaces), then prints the benchmark figures.
-#   sudo scripts/test.sh [--no-kernels]     (--no-kernels: skip the 6.1/6.12 qemu matrix)
+#   sudo scripts/test.sh [--no-kernels]     (--no-kernels: skip the 6.1/6.12 qemu matrix,
+#                                            x86_64 and arm64)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -12,6 +12,8 @@
 #   only this node, only this window: after the fix, two testbeds with the same
 #   addresses, a proxy's socket bookkeeping in another namespace, a 403 token
 #   answer, the node-local Pod Identity agent, a pod on a second ENI
+# and before them the BPF_PROG_TEST_RUN tests (imdstrace_bpf_tests) and, where the runner asks
+# for them, the unit tests (imdstrace_unit_tests): on arm64 the only place they run.
 #
 # Contract with the runner: progress lines start with "scenario:", exit 0 on
 # success.  No NIC exists in the guest: everything lives in namespaces.
@@ -25,9 +27,27 @@ export REPO=/repo
 
 say "kernel $(uname -r)"
 # Which kernel paths this kernel gets (the guest's own namespace has no uplink).
-imdstrace check 2>&1 | grep -E 'kernel|drop path|icmp path|tc attach|bpf load' | sed 's/^/scenario: check: /'
+imdstrace check 2>&1 | grep -E 'arch|kernel|drop path|icmp path|tc attach|bpf load' | sed 's/^/scenario: check: /'
 
 rc=0
+# The unit and BPF_PROG_TEST_RUN tests, built for this guest's architecture, on this kernel,
+# as the runner asks (imdstrace.gtests=unit,bpf on the kernel command line; see
+# scripts/kernel-matrix.sh --unit-tests): gtest's own summary is printed; a failed or missing
+# test binary fails the kernel.
+gtests=
+for arg in $(cat /proc/cmdline); do
+	case "$arg" in imdstrace.gtests=*) gtests=${arg#*=} ;; esac
+done
+for t in $(echo "$gtests" | tr ',' ' '); do
+	t=imdstrace_${t}_tests
+	say "== $t"
+	{ /usr/bin/$t --gtest_brief=1 --gtest_color=no; echo $? >/tmp/scenario.rc; } 2>&1 | sed 's/^/scenario: /'
+	r=$(cat /tmp/scenario.rc 2>/dev/null || echo 1)
+	if [ "$r" != 0 ]; then
+		say "FAILED: $t (rc=$r)"
+		rc=1
+	fi
+done
 for t in "hop_limit.sh limit1" "hop_limit.sh limit2" "hop_limit.sh ipv6" "lifecycle.sh signals" \
 	"attribution.sh k8s_node" "failure_modes.sh blocked" "failure_modes.sh cilium" "probe.sh failing" \
 	"scope.sh after_fix" "scope.sh two_nodes" "scope.sh bookkeeping" "scope.sh xff" "scope.sh node_local" \

@@ -32,6 +32,17 @@ int run_check(const SessionOptions& opts, const std::string& output) {
     auto& lines = report.lines;
     auto kf = KernelFeatures::probe();
     lines.push_back({"kernel", true, true, kf.release, ""});
+    // The architecture this binary and its BPF objects were built for; the kernel's is uname -m.
+#if defined(__aarch64__)
+    constexpr const char* kBuiltFor = "aarch64";
+#elif defined(__x86_64__)
+    constexpr const char* kBuiltFor = "x86_64";
+#else
+    constexpr const char* kBuiltFor = "unknown";
+#endif
+    lines.push_back({"arch", kf.machine == kBuiltFor, true,
+                     kf.machine == kBuiltFor ? kf.machine : fmt::format("{} (imdstrace built for {})", kf.machine, kBuiltFor),
+                     fmt::format("use the {} build of imdstrace", kf.machine)});
     lines.push_back({"btf", kf.has_btf, true, kf.has_btf ? "/sys/kernel/btf/vmlinux" : "missing",
                      "use a kernel built with CONFIG_DEBUG_INFO_BTF=y (all EKS AMIs, Bottlerocket, AL2023)"});
 

@@ -240,7 +240,10 @@ int libbpf_to_spdlog(libbpf_print_level level, const char* fmt, va_list args) {
 KernelFeatures KernelFeatures::probe() {
     KernelFeatures kf;
     utsname u{};
-    if (uname(&u) == 0) kf.release = u.release;
+    if (uname(&u) == 0) {
+        kf.release = u.release;
+        kf.machine = u.machine;
+    }
     {
         std::ifstream mounts("/proc/self/mounts");
         std::string dev, dir, type;

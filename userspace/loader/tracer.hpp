@@ -21,6 +21,7 @@ namespace imdstrace {
 // What the running kernel offers, read from its BTF (no tracefs needed).
 struct KernelFeatures {
     std::string release;             // uname -r
+    std::string machine;             // uname -m: x86_64, aarch64
     bool has_btf = false;            // /sys/kernel/btf/vmlinux readable
     bool kfree_skb_reason = false;   // v5.17+: kfree_skb carries a drop reason
     bool kfree_skb_rx_sk = false;    // v6.11+: and the receiving socket (its netns for TCP drops)

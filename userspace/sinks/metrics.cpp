@@ -6,13 +6,16 @@
 #include <stdexcept>
 
 #include "common/net.hpp"
+#include "sinks/escape.hpp"
 
 namespace imdstrace {
 namespace {
 
-std::string escape(const std::string& v) {
+// A label value: valid UTF-8 (a cgroup name may hold any byte), with
+// backslash, quote and newline escaped as the exposition format asks.
+std::string escape(const std::string& raw) {
     std::string out;
-    for (char c : v) {
+    for (char c : utf8_or_replacement(raw)) {
         if (c == '\\') out += "\\\\";
         else if (c == '"') out += "\\\"";
         else if (c == '\n') out += "\\n";

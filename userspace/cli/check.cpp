@@ -8,8 +8,10 @@
 #include <fstream>
 #include <iostream>
 
+#include "cli/output.hpp"
 #include "loader/tracer.hpp"
 #include "loader/uplink.hpp"
+#include "sinks/escape.hpp"
 #include "sinks/reports.hpp"
 
 namespace imdstrace {
@@ -108,8 +110,7 @@ int run_check(const SessionOptions& opts, const std::string& output) {
         }
     }
 
-    if (output == "json") std::cout << to_json(report).dump(2) << std::endl;
-    else std::cout << format_check(report);
+    write_stdout(output == "json" ? dump_json(to_json(report), 2) + "\n" : format_check(report));
     return report.ok() ? 0 : 1;
 }
 

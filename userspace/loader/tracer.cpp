@@ -18,7 +18,9 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <exception>
 #include <stdexcept>
+#include <utility>
 
 #include "imdstrace.h"
 #include "imdstrace.skel.h"
@@ -270,6 +272,9 @@ struct Tracer::Impl {
     std::vector<std::string> summary;
     int cgroup_fd = -1;
     int liveness_fd = -1;  // held for the life of the legacy tc filters
+    // An exception from the handler (a sink that cannot write) must not
+    // unwind through libbpf's C frames: kept here, rethrown by poll().
+    std::exception_ptr handler_error;
 
     ~Impl() {
         // Detach before the programs and maps go away.
@@ -282,7 +287,12 @@ struct Tracer::Impl {
 
     static int on_sample(void* ctx, void* data, size_t size) {
         auto* self = static_cast<Impl*>(ctx);
-        self->on_event(std::span<const std::uint8_t>(static_cast<const std::uint8_t*>(data), size));
+        try {
+            self->on_event(std::span<const std::uint8_t>(static_cast<const std::uint8_t*>(data), size));
+        } catch (...) {
+            self->handler_error = std::current_exception();
+            return -ECANCELED;  // ends this ring_buffer__poll
+        }
         return 0;
     }
 };
@@ -407,6 +417,7 @@ Tracer::~Tracer() = default;
 
 int Tracer::poll(int timeout_ms) {
     int n = ring_buffer__poll(impl_->ring.get(), timeout_ms);
+    if (auto e = std::exchange(impl_->handler_error, nullptr)) std::rethrow_exception(e);
     if (n == -EINTR) return 0;
     return n;
 }

@@ -215,7 +215,11 @@ void Session::start() {
         } catch (const std::invalid_argument& e) {
             throw UsageError(e.what());
         }
-        spdlog::info("metrics on http://{}/metrics", opts_.metrics_listen);
+        // The bound port, which differs from the one asked for with :0.
+        spdlog::info("metrics on http://{}/metrics",
+                     Endpoint{Endpoint::parse(opts_.metrics_listen, 0)->addr,
+                              static_cast<std::uint16_t>(impl.metrics_server->port())}
+                         .str());
     }
 
     if (!opts_.ready_file.empty()) std::ofstream(opts_.ready_file) << "ready\n";

@@ -17,7 +17,7 @@ cmake --build build -j"$(nproc)"
 # Leftovers of an interrupted earlier run (only imdst-* testbeds are touched).
 scripts/testbed.sh sweep >/dev/null 2>&1 || true
 
-labels="unit|bpf|e2e"
+labels="unit|cli|bpf|e2e"
 [ "$KERNELS" = 1 ] && labels="$labels|kernels"
 ctest --test-dir build --output-on-failure -L "^($labels)\$"
 

@@ -184,18 +184,14 @@ void Session::start() {
 
     if (!opts_.events_file.empty()) impl.events = std::make_unique<EventsFile>(opts_.events_file);
     if (!opts_.pcap_file.empty()) {
-        try {
-            impl.pcap = std::make_unique<PcapWriter>(
-                opts_.pcap_file,
-                [this](const Observation& o) {
-                    return "drop reason=" + (o.drop_reason ? impl_->reasons.name(*o.drop_reason) : std::string("-")) +
-                           " location=" + impl_->symbols.function_at(o.location);
-                },
-                [this](std::uint32_t i) { return impl_->ifname(i); },
-                unix_ms_now() * 1'000'000LL - static_cast<std::int64_t>(monotonic_ns()));
-        } catch (const std::exception& e) {
-            throw UsageError(std::string("--pcap: ") + e.what());
-        }
+        impl.pcap = std::make_unique<PcapWriter>(
+            opts_.pcap_file,
+            [this](const Observation& o) {
+                return "drop reason=" + (o.drop_reason ? impl_->reasons.name(*o.drop_reason) : std::string("-")) +
+                       " location=" + impl_->symbols.function_at(o.location);
+            },
+            [this](std::uint32_t i) { return impl_->ifname(i); },
+            unix_ms_now() * 1'000'000LL - static_cast<std::int64_t>(monotonic_ns()));
     }
     TracerConfig tc;
     tc.targets = opts_.targets;

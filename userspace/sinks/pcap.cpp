@@ -1,5 +1,7 @@
 #include "sinks/pcap.hpp"
 
+#include "common/errors.hpp"
+
 #include <arpa/inet.h>
 #include <fmt/format.h>
 
@@ -121,7 +123,7 @@ PcapWriter::PcapWriter(const std::string& path, Namer drop_text, IfName ifname, 
       drop_text_(std::move(drop_text)),
       ifname_(std::move(ifname)),
       unix_ns_offset_(unix_ns_offset) {
-    if (!out_) throw std::runtime_error("cannot write " + path + ": " + std::strerror(errno));
+    if (!out_) throw UsageError("--pcap: cannot write " + path + ": " + std::strerror(errno));
     std::string shb;
     put32(shb, 0x1A2B3C4D);  // byte-order magic
     put16(shb, 1);

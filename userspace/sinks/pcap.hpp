@@ -25,8 +25,9 @@ public:
     using Namer = std::function<std::string(const Observation&)>;  // drop reason/location text
     using IfName = std::function<std::string(std::uint32_t ifindex)>;
 
-    // Throws std::runtime_error naming the file and the error when it cannot
-    // be written, here or in write() (every packet is flushed).
+    // Throws UsageError when the file cannot be opened, std::runtime_error
+    // naming the file and the error when a write fails, here or in write()
+    // (every packet is flushed).
     PcapWriter(const std::string& path, Namer drop_text, IfName ifname, std::int64_t unix_ns_at_mono_zero);
     void write(const Observation& o);
     std::uint64_t packets() const { return packets_; }

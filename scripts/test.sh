@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run calls this): installs the
 # dependencies, builds, runs unit, BPF, end-to-end and kernel-matrix tests
-# (root: real BPF, real namespaces), then prints the benchmark figures.
+# (root: real BPF, real namespaces), then the fuzzers, then prints the
+# benchmark figures.
 #   sudo scripts/test.sh [--no-kernels]     (--no-kernels: skip the 6.1/6.12 qemu matrix)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,13 @@ scripts/testbed.sh sweep >/dev/null 2>&1 || true
 labels="unit|cli|bpf|e2e"
 [ "$KERNELS" = 1 ] && labels="$labels|kernels"
 ctest --test-dir build --output-on-failure -L "^($labels)\$"
+
+# Fuzzing (label fuzz): the libFuzzer harnesses built with clang, ASan and
+# UBSan in a build directory of their own, each run for 30 s from its corpus.
+cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DIMDSTRACE_FUZZ=ON \
+      -DIMDSTRACE_TESTS=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo
+cmake --build build-fuzz -j"$(nproc)" --target fuzz
+ctest --test-dir build-fuzz --output-on-failure -L '^fuzz$'
 
 # Figures, not a pass/fail test.
 if [ -x build/bench/imdstrace-bench ]; then

@@ -101,7 +101,7 @@ std::vector<PodInfo> parse_pod_mapping(const std::string& text, const std::strin
             }
         }
         if (p.cgroup.empty() && p.ips.empty())
-            throw std::runtime_error(where + " (" + p.ref() + "): needs \"cgroup\" or \"ips\" to be matched");
+            throw std::runtime_error(where + " (" + capped(p.ref(), 100) + "): needs \"cgroup\" or \"ips\" to be matched");
         pods.push_back(std::move(p));
     }
     return pods;

@@ -72,6 +72,10 @@ row 2 "--metrics 127.0.0.1: expected ADDR:PORT" watch --metrics 127.0.0.1
 row 2 "--metrics \[::1\]: expected ADDR:PORT" watch --metrics '[::1]'
 row 2 "--metrics 127.0.0.1:99999: expected ADDR:PORT" diagnose --metrics 127.0.0.1:99999
 row 2 "--metrics localhost:9655: expected ADDR:PORT" diagnose --metrics localhost:9655
+row 2 "--metrics ::1:0: expected ADDR:PORT" watch --metrics ::1:0
+# Port 0 is accepted (a free port, logged): past validation, the empty namespace has no uplink.
+row 1 "no route to any target" watch --metrics 127.0.0.1:0
+row 1 "no route to any target" watch --metrics '[::1]:0'
 row 2 "--target 169.254.169.254:99999: expected ADDR" diagnose --target 169.254.169.254:99999
 row 2 "--target x: expected ADDR" watch --target x
 row 2 "--pods must be auto, k8s-node" diagnose --pods magic

@@ -4,7 +4,7 @@
 #   hostile.sh sdk         the real aws-sdk-go-v2 IMDS client: its 297-byte GET head is judged whole (token: true)
 #   hostile.sh full        --events, --pcap and stdout on /dev/full: non-zero exit naming the file and the error
 #   hostile.sh epipe       watch | head -1, and a reader that goes away while all is quiet: ends, detaches
-#   hostile.sh badcgroup   a client in a cgroup named with a non-UTF-8 byte and terminal escapes
+#   hostile.sh badcgroup   a client in a cgroup named with a non-UTF-8 byte and terminal escapes (JSON, --events, text, metrics)
 #   hostile.sh caps        no CAP_SYSLOG: check says so; no CAP_PERFMON: one line naming it, no verifier log
 #   hostile.sh tc_interleave  netlink tc: A creates, B joins, A is SIGKILLed, C sweeps, C and B end: nothing left
 source "$(dirname "$0")/lib.sh"
@@ -107,9 +107,17 @@ scenario_badcgroup() {
             >>"$WORK/clients.log" 2>&1 || true
     }
     # JSON on stdout and in --events.
-    tracer_start "$WORK/w.json" watch -o json --cgroup "$CGROUP_DIR" --pods none --events "$WORK/events.jsonl"
+    tracer_start "$WORK/w.json" watch -o json --cgroup "$CGROUP_DIR" --pods none --events "$WORK/events.jsonl" \
+        --metrics 127.0.0.1:0
     run_bad_client
     sleep 1
+    # --metrics with port 0: the bound port is logged, and the labels stay valid UTF-8.
+    local url
+    url=$(grep -oE "metrics on http://127\.0\.0\.1:[1-9][0-9]*/metrics" "$WORK/w.json.err" | head -1 | sed 's/^metrics on //')
+    if [[ -n $url ]]; then pass "the bound metrics port is logged ($url)"; else fail "no bound metrics port in the log"; fi
+    in_node curl -sf "${url:-http://127.0.0.1:1/metrics}" >"$WORK/metrics.txt" || true
+    expect_grep "the bad cgroup's series is there" "$WORK/metrics.txt" 'imdstrace_transactions_total\{.*bad'
+    expect_eq "the exposition is valid UTF-8" "$(iconv -f UTF-8 -t UTF-8 "$WORK/metrics.txt" >/dev/null 2>&1 && echo yes || echo no)" "yes"
     kill -TERM "$TRACER_PID" 2>/dev/null || true
     tracer_wait
     expect_eq "watch -o json exits 0" "$TRACER_RC" "0"

@@ -294,6 +294,17 @@ TEST(Diagnosis, TokenPutIsNotAnImdsV1Success) {
     EXPECT_NE(d.findings.front().evidence.find("IMDSv1 requests without a token still succeed"), std::string::npos);
 }
 
+TEST(MetricsListen, PortRequiredZeroAllowed) {
+    EXPECT_FALSE(parse_metrics_listen("127.0.0.1")) << "no port: not a random one";
+    EXPECT_FALSE(parse_metrics_listen("[::1]"));
+    EXPECT_FALSE(parse_metrics_listen("::1:0")) << "ambiguous without brackets";
+    EXPECT_FALSE(parse_metrics_listen("127.0.0.1:99999"));
+    EXPECT_FALSE(parse_metrics_listen(":0"));
+    EXPECT_EQ(parse_metrics_listen("127.0.0.1:0")->port, 0);
+    EXPECT_EQ(parse_metrics_listen("[::1]:0")->port, 0);
+    EXPECT_EQ(parse_metrics_listen("0.0.0.0:9655")->port, 9655);
+}
+
 // --- --pods static: files ----------------------------------------------------
 
 TEST(PodMappingFile, DeeplyNestedIpsIsAnErrorNotACrash) {

@@ -19,6 +19,7 @@
 #include "cli/probe.hpp"
 #include "pipeline/session.hpp"
 #include "sinks/events_file.hpp"
+#include "sinks/metrics.hpp"
 #include "sinks/escape.hpp"
 #include "sinks/json.hpp"
 #include "sinks/text.hpp"
@@ -108,8 +109,7 @@ std::optional<double> duration_s(const std::optional<std::string>& given) {
 // bound port is logged).
 void check_metrics_listen(const std::string& listen) {
     if (listen.empty()) return;
-    auto with_0 = Endpoint::parse(listen, 0), with_1 = Endpoint::parse(listen, 1);
-    if (!with_0 || with_0 != with_1)
+    if (!parse_metrics_listen(listen))
         throw UsageError("--metrics " + listen +
                          ": expected ADDR:PORT, e.g. 127.0.0.1:9655 or [::1]:9655 (port 0: a free port, logged)");
 }

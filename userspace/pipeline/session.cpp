@@ -213,7 +213,7 @@ void Session::start() {
         }
         // The bound port, which differs from the one asked for with :0.
         spdlog::info("metrics on http://{}/metrics",
-                     Endpoint{Endpoint::parse(opts_.metrics_listen, 0)->addr,
+                     Endpoint{parse_metrics_listen(opts_.metrics_listen)->addr,
                               static_cast<std::uint16_t>(impl.metrics_server->port())}
                          .str());
     }

@@ -3,7 +3,7 @@
 # dependencies, builds, runs unit, BPF, end-to-end and kernel-matrix tests
 # (root: real BPF, real namespaces), then the fuzzers, then prints the
 # benchmark figures.
-#   sudo scripts/test.sh [--no-kernels]     (--no-kernels: skip the 6.1/6.12 qemu matrix)
+#   scripts/test.sh [--no-kernels]     (as root; --no-kernels: skip the 6.1/6.12 qemu matrix)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -14,10 +14,14 @@
 /* Targets are configuration (rodata), bounded so the verifier unrolls. */
 #define IMDS_MAX_TARGETS 8
 /*
- * First TCP payload bytes copied: request line + header names, status line.
- * A power of two: the BPF copy masks its length with IMDS_PAYLOAD_MAX - 1.
+ * First TCP payload bytes copied: request line + headers, status line.
+ * The whole request head must fit, or a token header is missed:
+ * aws-sdk-go-v2's feature/ec2/imds GET head is ~300 bytes with
+ * X-Aws-Ec2-Metadata-Token at bytes 238-262.  A head longer than this is
+ * judged "token unknown", never "no token".  A power of two: the BPF copy
+ * masks its length with IMDS_PAYLOAD_MAX - 1.
  */
-#define IMDS_PAYLOAD_MAX 256
+#define IMDS_PAYLOAD_MAX 512
 
 /* Where a packet was seen. */
 enum imds_hook {

@@ -4,7 +4,7 @@
 # node) in a namespace testbed, and let imdstrace diagnose it.  Everything
 # lives in network namespaces and a cgroup this script creates and removes;
 # nothing touches the root network namespace.
-#   sudo scripts/demo.sh [--hop-limit N] [--json]
+#   scripts/demo.sh [--hop-limit N] [--json]     (as root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

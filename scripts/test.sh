@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run calls this): installs the
 # dependencies, builds, runs unit, BPF, end-to-end and kernel-matrix tests
-# (root: real BPF, real namespaces), then prints the benchmark figures.
-#   sudo scripts/test.sh [--no-kernels]     (--no-kernels: skip the 6.1/6.12 qemu matrix,
-#                                            x86_64 and arm64)
+# (root: real BPF, real namespaces), then the fuzzers, then prints the
+# benchmark figures.
+#   scripts/test.sh [--no-kernels]     (as root; --no-kernels: skip the 6.1/6.12 qemu matrix,
+#                                       x86_64 and arm64)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,11 +19,18 @@ cmake --build build -j"$(nproc)"
 # Leftovers of an interrupted earlier run (only imdst-* testbeds are touched).
 scripts/testbed.sh sweep >/dev/null 2>&1 || true
 
-labels="unit|bpf|e2e"
+labels="unit|cli|bpf|e2e"
 [ "$KERNELS" = 1 ] && labels="$labels|kernels"
 # -j3: e2e tests mostly wait on their testbeds; ctest runs the RUN_SERIAL ones
 # (BPF_PROG_TEST_RUN, lifecycle, probe, attribution, the kernel matrix) alone.
 ctest --test-dir build --output-on-failure -j3 -L "^($labels)\$"
+
+# Fuzzing (label fuzz): the libFuzzer harnesses built with clang, ASan and
+# UBSan in a build directory of their own, each run for 30 s from its corpus.
+cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DIMDSTRACE_FUZZ=ON \
+      -DIMDSTRACE_TESTS=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo
+cmake --build build-fuzz -j"$(nproc)" --target fuzz
+ctest --test-dir build-fuzz --output-on-failure -L '^fuzz$'
 
 # Figures, not a pass/fail test.
 if [ -x build/bench/imdstrace-bench ]; then

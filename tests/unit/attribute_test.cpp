@@ -111,7 +111,7 @@ TEST(Attribute, NatLinkedConnectionIsThePodsNotTheNodes) {
     t.uplink_flow = FlowKey{*Endpoint::parse("198.18.0.2:61000", 0), *Endpoint::parse("169.254.169.254:80", 0)};
     t.response_ttl_at_node = 1;
     t.response_at_uplink = true;
-    t.drops = {DropRecord{"IP_INHDR", "ip_forward", 1, true, 3}};
+    t.drops = {DropRecord{"IP_INHDR", "ip_forward", 1, true, 3, 0, {}}};
     auto r = attribute(t, 0, names({}), pods);
     ASSERT_TRUE(r.pod);
     EXPECT_EQ(r.pod->ref(), "default/web");

@@ -45,7 +45,7 @@ TransactionRecord hop_failure(std::optional<PodInfo> p, const char* client, int 
     t.ttl_at_node = ttl;
     t.hops = hops;
     t.required_hop_limit = hops + 1;
-    t.drops.push_back(DropRecord{"IP_INHDR", "ip_forward", 1, true, 3});
+    t.drops.push_back(DropRecord{"IP_INHDR", "ip_forward", 1, true, 3, 0, {}});
     t.icmp_time_exceeded = 2;
     t.retransmits = 2;
     return t;
@@ -244,7 +244,7 @@ TEST(Diagnosis, GenericFindingsCarryTheirFix) {
     for (const auto& c : cases) {
         DiagnosisBuilder b;
         auto r = rec(pod("default", "app"), "198.18.1.9:5000", c.v, req("GET", "/latest/meta-data/mac", true));
-        r.drops.push_back(DropRecord{"NETFILTER_DROP", "nf_hook_slow", 63, false, 4});
+        r.drops.push_back(DropRecord{"NETFILTER_DROP", "nf_hook_slow", 63, false, 4, 0, {}});
         b.add(r);
         auto d = b.build(1, {});
         ASSERT_EQ(d.findings.size(), 1u) << to_string(c.v);

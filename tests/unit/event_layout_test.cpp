@@ -43,14 +43,16 @@ PIN(imds_event, pad, 106, 2);
 PIN(imds_event, pid, 108, 4);
 PIN(imds_event, comm, 112, 16);
 PIN(imds_event, payload, 128, IMDS_PAYLOAD_MAX);
-static_assert(sizeof(imds_event) == 384);
+static_assert(sizeof(imds_event) == 640);
 static_assert(alignof(imds_event) == 8);
-static_assert(IMDS_PAYLOAD_MAX == 256);
+// Big enough for aws-sdk-go-v2's ~300-byte GET head (token header at 238-262).
+static_assert(IMDS_PAYLOAD_MAX == 512);
+static_assert((IMDS_PAYLOAD_MAX & (IMDS_PAYLOAD_MAX - 1)) == 0, "the BPF copy masks with MAX - 1");
 
 #define FSIZE(type, field) sizeof(((type*)nullptr)->field)
 
 TEST(EventLayout, SizesAndOffsets) {
-    EXPECT_EQ(sizeof(imds_event), 384u);
+    EXPECT_EQ(sizeof(imds_event), 640u);
     EXPECT_EQ(offsetof(imds_event, payload), 128u);
     EXPECT_EQ(offsetof(imds_event, payload) + IMDS_PAYLOAD_MAX, sizeof(imds_event));
 }

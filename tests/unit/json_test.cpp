@@ -35,8 +35,8 @@ TransactionRecord sample() {
     r.required_hop_limit = 2;
     r.verdict = Verdict::hop_limit_exceeded;
     r.evidence = "response reached the node with TTL 1";
-    r.drops.push_back(DropRecord{"IP_INHDR", "ip_forward", 1, true, 5});
-    r.drops.push_back(DropRecord{"", "nf_hook_slow", 63, false, 1});
+    r.drops.push_back(DropRecord{"IP_INHDR", "ip_forward", 1, true, 5, 0, {}});
+    r.drops.push_back(DropRecord{"", "nf_hook_slow", 63, false, 1, 0, {}});
     r.icmp_time_exceeded = 2;
     r.retransmits = 5;
     r.duration_ms = 7012;

@@ -22,7 +22,7 @@ HttpRequest req(std::string method, std::string path, bool token = false, bool t
 }
 
 DropRecord drop(std::string reason, std::string location, std::uint8_t ttl, bool response, std::uint32_t count = 1) {
-    return DropRecord{std::move(reason), std::move(location), ttl, response, count};
+    return DropRecord{std::move(reason), std::move(location), ttl, response, count, 0, {}};
 }
 
 // A pod one hop behind the uplink whose request left the node.

@@ -10,8 +10,11 @@
 #include <fstream>
 #include <iostream>
 
+#include "cli/output.hpp"
+#include "decode/kernel_names.hpp"
 #include "loader/tracer.hpp"
 #include "loader/uplink.hpp"
+#include "sinks/escape.hpp"
 #include "sinks/reports.hpp"
 
 namespace imdstrace {
@@ -129,6 +132,12 @@ int run_check(const SessionOptions& opts, const std::string& output) {
                      kf.tcx ? "tcx links (6.6+): released by the kernel even if imdstrace is killed"
                             : "netlink tc filters in a clsact qdisc (kernel < 6.6): removed on exit",
                      ""});
+    const bool symbols = KernelSymbols::addresses_visible();
+    lines.push_back({"kernel symbols", symbols, false,
+                     symbols ? "/proc/kallsyms shows addresses: drop locations are named (ip_forward, nf_hook_slow)"
+                             : "/proc/kallsyms shows every address as 0 (no CAP_SYSLOG): drop locations will be "
+                               "bare addresses (0xffffffff81ff7b50)",
+                     "grant CAP_SYSLOG (or run as root) so drop locations are named"});
     lines.push_back({"tracefs", true, false,
                      kf.tracefs_mounted ? "mounted (not needed)" : "not mounted (not needed: tp_btf attaches via BTF)",
                      ""});
@@ -148,8 +157,7 @@ int run_check(const SessionOptions& opts, const std::string& output) {
         }
     }
 
-    if (output == "json") std::cout << to_json(report).dump(2) << std::endl;
-    else std::cout << format_check(report);
+    write_stdout(output == "json" ? dump_json(to_json(report), 2) + "\n" : format_check(report));
     return report.ok() ? 0 : 1;
 }
 

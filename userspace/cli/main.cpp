@@ -6,12 +6,21 @@
 
 #include <atomic>
 #include <csignal>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 
 #include "cli/check.hpp"
+#include "cli/output.hpp"
+#include "common/json_input.hpp"
 #include "cli/probe.hpp"
 #include "pipeline/session.hpp"
+#include "sinks/events_file.hpp"
+#include "sinks/metrics.hpp"
+#include "sinks/escape.hpp"
 #include "sinks/json.hpp"
 #include "sinks/text.hpp"
 #include "verdict/diagnosis.hpp"
@@ -49,7 +58,7 @@ struct CommonArgs {
     std::string metrics;
     std::string ready_file;
     std::string kubeconfig;
-    double duration = 0;
+    std::optional<std::string> duration;  // checked by duration_s()
     std::string log_level = "info";
     bool no_tcx = false;
 };
@@ -80,7 +89,33 @@ void setup_logging(const std::string& level) {
     spdlog::set_level(spdlog::level::from_str(level));
 }
 
+constexpr double kMaxDurationS = 365.0 * 24 * 3600;
+
+// --duration: a positive, finite number of seconds, at most a year; nullopt
+// when not given.  Checked here, before anything is attached.
+std::optional<double> duration_s(const std::optional<std::string>& given) {
+    if (!given) return std::nullopt;
+    const std::string& text = *given;
+    char* end = nullptr;
+    errno = 0;
+    double v = std::strtod(text.c_str(), &end);
+    if (end == text.c_str() || *end != '\0' || !std::isfinite(v) || v <= 0 || v > kMaxDurationS)
+        throw UsageError("--duration " + text + ": --duration must be a positive, finite number of seconds (at most " +
+                         std::to_string(static_cast<long>(kMaxDurationS)) + ", a year)");
+    return v;
+}
+
+// --metrics ADDR:PORT: the port is required (0 picks a free one, and the
+// bound port is logged).
+void check_metrics_listen(const std::string& listen) {
+    if (listen.empty()) return;
+    if (!parse_metrics_listen(listen))
+        throw UsageError("--metrics " + listen +
+                         ": expected ADDR:PORT, e.g. 127.0.0.1:9655 or [::1]:9655 (port 0: a free port, logged)");
+}
+
 SessionOptions session_options(const CommonArgs& a, std::optional<double> duration) {
+    check_metrics_listen(a.metrics);
     SessionOptions o;
     for (const auto& t : a.targets) {
         auto ep = Endpoint::parse(t, 80);
@@ -109,19 +144,19 @@ std::string join(const std::vector<std::string>& v, const char* sep) {
 }
 
 int run_watch(const CommonArgs& a) {
-    Session session(session_options(a, a.duration > 0 ? std::optional<double>(a.duration) : std::nullopt));
+    Session session(session_options(a, duration_s(a.duration)));
     session.start();
     spdlog::info("watching IMDS traffic (Ctrl-C to stop): {}", join(session.describe(), "; "));
     TextStyle style{isatty(STDOUT_FILENO) == 1};
     const bool json = a.output == "json";
-    if (!json) std::cout << format_transaction_header(style) << std::endl;
+    if (!json) write_stdout(format_transaction_header(style) + "\n");
+    OutputWatch output_watch(g_stop);
     std::map<Verdict, int> totals;
     session.run(
         g_stop,
         [&](const TransactionRecord& r) {
             ++totals[r.verdict];
-            if (json) std::cout << to_json(r).dump() << std::endl;
-            else std::cout << format_transaction(r, style) << std::endl;
+            write_stdout((json ? dump_json(to_json(r)) : format_transaction(r, style)) + "\n");
         },
         [&] {
             // A heartbeat on stderr: quiet is not the same as dead.
@@ -140,15 +175,16 @@ int run_watch(const CommonArgs& a) {
 }
 
 int print_diagnosis(const Diagnosis& d, const std::string& output) {
-    if (output == "json") std::cout << to_json(d).dump(2) << std::endl;
-    else std::cout << format_diagnosis(d, TextStyle{isatty(STDOUT_FILENO) == 1});
+    write_stdout(output == "json" ? dump_json(to_json(d), 2) + "\n"
+                                  : format_diagnosis(d, TextStyle{isatty(STDOUT_FILENO) == 1}));
     return d.failing() ? kExitFailures : kExitHealthy;
 }
 
 int run_diagnose(const CommonArgs& a) {
-    Session session(session_options(a, a.duration > 0 ? a.duration : 30.0));
+    const double duration = duration_s(a.duration).value_or(30.0);
+    Session session(session_options(a, duration));
     session.start();
-    spdlog::info("tracing IMDS traffic for {:.0f} s (Ctrl-C to stop early): {}", a.duration > 0 ? a.duration : 30.0,
+    spdlog::info("tracing IMDS traffic for {:.0f} s (Ctrl-C to stop early): {}", duration,
                  join(session.describe(), "; "));
     DiagnosisBuilder builder;
     TextStyle style{isatty(STDERR_FILENO) == 1};
@@ -166,56 +202,38 @@ int run_diagnose(const CommonArgs& a) {
 }
 
 int run_report(const std::string& file, const CommonArgs& a) {
-    const std::string& output = a.output;
+    std::error_code ec;
+    if (std::filesystem::is_directory(file, ec))
+        throw UsageError("report: " + file + " is a directory: give the JSONL file written with --events");
     std::ifstream in(file);
-    if (!in) throw UsageError("cannot read " + file);
+    if (!in) throw UsageError("report: cannot read " + file + ": " + std::strerror(errno));
     DiagnosisBuilder builder;
-    std::string line;
-    int lineno = 0;
-    std::int64_t first = 0, last = 0;
-    std::set<std::string> seen_servers;
+    auto rec = read_recording(in, file, [&builder](TransactionRecord&& r) { builder.add(r); });
+    if (rec.skipped && !rec.transactions && rec.recorded_window == 0)
+        throw std::runtime_error(fmt::format("report: no line of {} is a transaction or session record ({} bad lines; "
+                                             "first: {})",
+                                             file, rec.skipped, rec.first_skipped));
+    if (rec.skipped)
+        spdlog::warn("skipped {} line{} that {} not a transaction (a run killed mid-write leaves one; first: {}); "
+                     "the report covers the other {}",
+                     rec.skipped, rec.skipped == 1 ? "" : "s", rec.skipped == 1 ? "is" : "are", rec.first_skipped,
+                     rec.transactions);
     // Session trailers (one per run appended to the file) give the windows
     // and targets exactly as the live run had them.
-    double recorded_window = 0;
-    std::vector<std::string> recorded_targets;
-    while (std::getline(in, line)) {
-        ++lineno;
-        if (line.empty()) continue;
-        try {
-            auto j = nlohmann::json::parse(line);
-            if (j.value("schema", "") == kSessionSchema) {
-                recorded_window += j.value("window_s", 0.0);
-                if (j.contains("node")) builder.set_node_facts(node_facts_from_json(j["node"]));
-                if (j.contains("set_aside") && j["set_aside"].is_object()) {
-                    const auto& sa = j["set_aside"];
-                    builder.add_session_counts(sa.value("other_namespace_events", std::uint64_t{0}),
-                                               sa.value("socket_bookkeeping_frees", std::uint64_t{0}),
-                                               sa.value("events_lost", std::uint64_t{0}),
-                                               sa.value("late_drops", std::uint64_t{0}));
-                }
-                for (const auto& t : j.value("targets", std::vector<std::string>{}))
-                    if (std::find(recorded_targets.begin(), recorded_targets.end(), t) == recorded_targets.end())
-                        recorded_targets.push_back(t);
-                continue;
-            }
-            auto r = record_from_json(j);
-            if (!first || r.wall_ms < first) first = r.wall_ms;
-            last = std::max(last, r.wall_ms + r.duration_ms);
-            seen_servers.insert(r.server.str());
-            builder.add(r);
-        } catch (const std::exception& e) {
-            throw std::runtime_error(fmt::format("{}:{}: {}", file, lineno, e.what()));
-        }
-    }
-    double window = recorded_window > 0 ? recorded_window : first ? (last - first) / 1000.0 : 0;
+    builder.add_session_counts(rec.other_namespace_events, rec.socket_bookkeeping_frees, rec.events_lost,
+                               rec.late_drops);
+    builder.set_node_facts(rec.node);
+    double window = rec.recorded_window > 0 ? rec.recorded_window
+                    : rec.first_ms          ? (rec.last_ms - rec.first_ms) / 1000.0
+                                            : 0;
     // Without a trailer (a killed run): the targets given here (the same
     // defaults as live), plus any other server that appears in the file.
-    std::vector<std::string> all = recorded_targets;
+    std::vector<std::string> all = rec.recorded_targets;
     if (all.empty())
         for (const auto& t : session_options(a, std::nullopt).targets) all.push_back(t.str());
-    for (const auto& t : seen_servers)
+    for (const auto& t : rec.servers)
         if (std::find(all.begin(), all.end(), t) == all.end()) all.push_back(t);
-    return print_diagnosis(builder.build(window, all), output);
+    return print_diagnosis(builder.build(window, all), a.output);
 }
 
 }  // namespace
@@ -271,11 +289,15 @@ int main(int argc, char** argv) {
         if (*probe) return run_probe(probe_args, session_options(args, std::nullopt), args.output, g_stop);
         if (*check) return run_check(session_options(args, std::nullopt), args.output);
         return run_watch(args);
+    } catch (const OutputClosed&) {
+        // The reader went away (`| head`): everything is detached by now.
+        spdlog::debug("standard output was closed: stopping");
+        return kExitHealthy;
     } catch (const UsageError& e) {
-        spdlog::error("{}", e.what());
+        spdlog::error("{}", capped(e.what(), 1000));
         return kExitUsage;
     } catch (const std::exception& e) {
-        spdlog::error("{}", e.what());
+        spdlog::error("{}", capped(e.what(), 1000));
         return kExitRuntime;
     }
 }

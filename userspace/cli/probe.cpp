@@ -18,7 +18,9 @@
 #include <fstream>
 #include <iostream>
 
+#include "cli/output.hpp"
 #include "probe/imds_client.hpp"
+#include "sinks/escape.hpp"
 #include "sinks/json.hpp"
 #include "sinks/reports.hpp"
 #include "verdict/diagnosis.hpp"
@@ -121,7 +123,7 @@ Place resolve_place(const ProbeArgs& a, const std::string& cgroup_mount, PodReso
         ::close(fd);
     }
     run_imds_flow(plan, [out](const ProbeStep& s) {
-        auto line = step_to_json(s).dump() + "\n";
+        auto line = dump_json(step_to_json(s)) + "\n";
         (void)!::write(out, line.data(), line.size());
     });
     ::_exit(0);
@@ -265,8 +267,7 @@ int run_probe(const ProbeArgs& a, SessionOptions opts, const std::string& output
     for (const auto& r : report.transactions) builder.add(r);
     report.diagnosis = builder.build(session.window_s(), session.target_strings());
 
-    if (output == "json") std::cout << to_json(report).dump(2) << std::endl;
-    else std::cout << format_probe(report);
+    write_stdout(output == "json" ? dump_json(to_json(report), 2) + "\n" : format_probe(report));
     return report.healthy() ? 0 : 3;
 }
 

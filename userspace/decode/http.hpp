@@ -19,6 +19,12 @@ struct HttpRequest {
     bool token_ttl = false;        // X-aws-ec2-metadata-token-ttl-seconds present
     bool forwarded_for = false;    // X-Forwarded-For present
     bool headers_complete = false; // the blank line ending the head was in the copied bytes
+    // The copy ended before the blank line (a head longer than the BPF copy,
+    // or split across segments): a header not seen may still have been sent.
+    bool head_cut = false;
+
+    // Whether the token header was sent is unknown: not seen, head cut off.
+    bool token_unknown() const { return !token && head_cut; }
 
     bool is_token_request() const;  // PUT .../api/token
 };

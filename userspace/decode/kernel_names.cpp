@@ -67,4 +67,12 @@ std::string KernelSymbols::function_at(std::uint64_t addr) {
     return std::prev(it)->second;
 }
 
+bool KernelSymbols::addresses_visible(const std::string& path) {
+    std::ifstream in(path);
+    std::string addr, rest;
+    for (int i = 0; i < 64 && in >> addr && std::getline(in, rest); ++i)
+        if (addr.find_first_not_of('0') != std::string::npos) return true;
+    return false;
+}
+
 }  // namespace imdstrace

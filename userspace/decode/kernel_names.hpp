@@ -31,6 +31,9 @@ class KernelSymbols {
 public:
     // Lazily reads /proc/kallsyms (root sees real addresses) on first lookup.
     explicit KernelSymbols(std::string path = "/proc/kallsyms") : path_(std::move(path)) {}
+    // Whether `path` shows real addresses: without CAP_SYSLOG the kernel
+    // shows every symbol at 0, and drop locations stay bare addresses.
+    static bool addresses_visible(const std::string& path = "/proc/kallsyms");
     // Function containing addr ("ip_forward"), or "0x..." when unknown.
     std::string function_at(std::uint64_t addr);
 

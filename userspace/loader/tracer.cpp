@@ -18,7 +18,9 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <exception>
 #include <stdexcept>
+#include <utility>
 
 #include "imdstrace.h"
 #include "imdstrace.skel.h"
@@ -39,6 +41,29 @@ constexpr std::uint32_t kTcPriority = 0x1d5;
 constexpr std::uint32_t kTcHandleTag = 0x1d5;
 
 bool our_handle(std::uint32_t handle) { return (handle >> 16) == kTcHandleTag; }
+
+// Ours: our priority and handle tag, or the handle-0 entry the kernel lists
+// for that priority (the filter chain's head).
+bool our_filter(const TcFilter& f) {
+    return f.priority == kTcPriority && f.kind == "bpf" && (f.handle == 0 || our_handle(f.handle));
+}
+
+// A clsact qdisc that holds imdstrace filters and nothing else was made by
+// an imdstrace run (maybe one since killed): whoever leaves it empty removes
+// it, whatever order the runs start, die and end in.  An empty qdisc, or
+// one with anyone else's filter, was not ours and stays.
+bool imdstrace_qdisc(int ifindex) {
+    int ours = 0;
+    for (bool ingress : {true, false}) {
+        auto filters = tc_filters(ifindex, ingress);
+        if (!filters) return false;
+        for (const auto& f : *filters) {
+            if (!our_filter(f)) return false;
+            ++ours;
+        }
+    }
+    return ours > 0;
+}
 
 // Bind the liveness name of `handle`; -1 when someone alive holds it.
 int bind_liveness(std::uint32_t handle) {
@@ -123,6 +148,9 @@ public:
         opts.priority = kTcPriority;
         if (int err = bpf_tc_detach(&hook, &opts); err && err != -ENOENT && err != -ENODEV)
             spdlog::warn("could not remove the tc filter on {}: {}", iface_.name, errstr(err));
+        // Filters of runs that died since we attached go too: nothing of
+        // ours may stay because of the order runs end in.
+        remove_stale(hook);
         // The qdisc goes only if this run (or a killed earlier run) created
         // it and nobody else's filter hangs off it by now.
         const int left_in = created_qdisc_ ? tc_filter_count(iface_.ifindex, true) : -1;
@@ -157,7 +185,7 @@ private:
         if (err && err != -EEXIST)
             throw std::runtime_error("cannot add a clsact qdisc to " + iface_.name + ": " + errstr(err) +
                                      " (needs CAP_NET_ADMIN and the sch_ingress module)");
-        created_qdisc_ = err == 0;
+        created_qdisc_ = err == 0 || imdstrace_qdisc(iface_.ifindex);
         remove_stale(hook);
         bpf_tc_opts opts{};
         opts.sz = sizeof(opts);
@@ -208,6 +236,27 @@ private:
     bool created_qdisc_ = false;
 };
 
+// While the programs load, libbpf's warnings (the verifier log among them,
+// dozens of lines) are held here: printed as warnings if the load works,
+// left at debug level if it fails, where one line says why.
+std::vector<std::string>* g_held_warnings = nullptr;
+
+// The capabilities a BPF load needs that this process lacks ("" if none).
+std::string missing_load_capabilities() {
+    std::ifstream status("/proc/self/status");
+    std::string line;
+    std::uint64_t eff = 0;
+    while (std::getline(status, line))
+        if (line.starts_with("CapEff:")) eff = std::stoull(line.substr(7), nullptr, 16);
+    auto has = [eff](int bit) { return (eff >> bit) & 1; };
+    constexpr int kSysAdmin = 21, kPerfmon = 38, kBpf = 39;
+    if (has(kSysAdmin)) return {};
+    std::string out;
+    if (!has(kBpf)) out += "CAP_BPF";
+    if (!has(kPerfmon)) out += std::string(out.empty() ? "" : " and ") + "CAP_PERFMON";
+    return out;
+}
+
 int libbpf_to_spdlog(libbpf_print_level level, const char* fmt, va_list args) {
     va_list copy;
     va_copy(copy, args);
@@ -225,7 +274,14 @@ int libbpf_to_spdlog(libbpf_print_level level, const char* fmt, va_list args) {
         auto end = text.find('\n', start);
         auto line = text.substr(start, end == std::string::npos ? std::string::npos : end - start);
         switch (level) {
-        case LIBBPF_WARN: spdlog::warn("libbpf: {}", line); break;
+        case LIBBPF_WARN:
+            if (g_held_warnings) {
+                g_held_warnings->push_back(line);
+                spdlog::debug("libbpf: {}", line);
+            } else {
+                spdlog::warn("libbpf: {}", line);
+            }
+            break;
         case LIBBPF_INFO: spdlog::debug("libbpf: {}", line); break;
         default: spdlog::trace("libbpf: {}", line); break;
         }
@@ -274,6 +330,9 @@ struct Tracer::Impl {
     std::vector<std::string> summary;
     int cgroup_fd = -1;
     int liveness_fd = -1;  // held for the life of the legacy tc filters
+    // An exception from the handler (a sink that cannot write) must not
+    // unwind through libbpf's C frames: kept here, rethrown by poll().
+    std::exception_ptr handler_error;
 
     ~Impl() {
         // Detach before the programs and maps go away.
@@ -286,7 +345,12 @@ struct Tracer::Impl {
 
     static int on_sample(void* ctx, void* data, size_t size) {
         auto* self = static_cast<Impl*>(ctx);
-        self->on_event(std::span<const std::uint8_t>(static_cast<const std::uint8_t*>(data), size));
+        try {
+            self->on_event(std::span<const std::uint8_t>(static_cast<const std::uint8_t*>(data), size));
+        } catch (...) {
+            self->handler_error = std::current_exception();
+            return -ECANCELED;  // ends this ring_buffer__poll
+        }
         return 0;
     }
 };
@@ -336,10 +400,22 @@ std::unique_ptr<Tracer> Tracer::start(const TracerConfig& config, const KernelFe
         bpf_program__set_autoload(impl.skel->progs.uplink_ingress, false);
         bpf_program__set_autoload(impl.skel->progs.uplink_egress, false);
     }
-    if (int err = imdstrace_bpf__load(impl.skel.get()))
+    std::vector<std::string> held;
+    g_held_warnings = &held;
+    int err = imdstrace_bpf__load(impl.skel.get());
+    g_held_warnings = nullptr;
+    if (err) {
+        auto missing = missing_load_capabilities();
+        if ((err == -EPERM || err == -EACCES) && !missing.empty())
+            throw std::runtime_error("the kernel refused to load the BPF programs: " + errstr(err) + ": missing " +
+                                     missing +
+                                     " (tracing programs need CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN; run as "
+                                     "root or grant them)");
         throw std::runtime_error("the kernel refused to load the BPF programs: " + errstr(err) +
                                  (err == -EPERM ? " (run as root, or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)"
                                                 : " (run with --log-level debug for the verifier log)"));
+    }
+    for (const auto& line : held) spdlog::warn("libbpf: {}", line);
 
     if (!config.attach) return tracer;
 
@@ -416,6 +492,7 @@ Tracer::~Tracer() = default;
 
 int Tracer::poll(int timeout_ms) {
     int n = ring_buffer__poll(impl_->ring.get(), timeout_ms);
+    if (auto e = std::exchange(impl_->handler_error, nullptr)) std::rethrow_exception(e);
     if (n == -EINTR) return 0;
     return n;
 }

@@ -231,18 +231,14 @@ void Session::start() {
 
     if (!opts_.events_file.empty()) impl.events = std::make_unique<EventsFile>(opts_.events_file);
     if (!opts_.pcap_file.empty()) {
-        try {
-            impl.pcap = std::make_unique<PcapWriter>(
-                opts_.pcap_file,
-                [this](const Observation& o) {
-                    return "drop reason=" + (o.drop_reason ? impl_->reasons.name(*o.drop_reason) : std::string("-")) +
-                           " location=" + impl_->symbols.function_at(o.location);
-                },
-                [this](std::uint32_t i) { return impl_->ifname(i); },
-                unix_ms_now() * 1'000'000LL - static_cast<std::int64_t>(monotonic_ns()));
-        } catch (const std::exception& e) {
-            throw UsageError(std::string("--pcap: ") + e.what());
-        }
+        impl.pcap = std::make_unique<PcapWriter>(
+            opts_.pcap_file,
+            [this](const Observation& o) {
+                return "drop reason=" + (o.drop_reason ? impl_->reasons.name(*o.drop_reason) : std::string("-")) +
+                       " location=" + impl_->symbols.function_at(o.location);
+            },
+            [this](std::uint32_t i) { return impl_->ifname(i); },
+            unix_ms_now() * 1'000'000LL - static_cast<std::int64_t>(monotonic_ns()));
     }
     TracerConfig tc;
     tc.targets = opts_.targets;
@@ -262,7 +258,11 @@ void Session::start() {
         } catch (const std::invalid_argument& e) {
             throw UsageError(e.what());
         }
-        spdlog::info("metrics on http://{}/metrics", opts_.metrics_listen);
+        // The bound port, which differs from the one asked for with :0.
+        spdlog::info("metrics on http://{}/metrics",
+                     Endpoint{parse_metrics_listen(opts_.metrics_listen)->addr,
+                              static_cast<std::uint16_t>(impl.metrics_server->port())}
+                         .str());
     }
 
     if (!opts_.ready_file.empty()) std::ofstream(opts_.ready_file) << "ready\n";

@@ -52,6 +52,8 @@ public:
 
 // --pods static:FILE (format: ../shared/DESIGN.md).  Throws std::runtime_error
 // with a message naming the file and the problem.
+// A static mapping file: a regular file of at most kPodMappingMaxBytes.
+inline constexpr std::size_t kPodMappingMaxBytes = 16u << 20;
 std::unique_ptr<PodResolver> make_static_resolver(const std::string& file);
 std::unique_ptr<PodResolver> make_null_resolver();
 // Parse the static mapping from JSON text (for tests).

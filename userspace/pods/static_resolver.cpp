@@ -1,4 +1,6 @@
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <sys/stat.h>
 
 #include <cerrno>
 #include <cstring>
@@ -6,6 +8,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "common/json_input.hpp"
 #include "pods/resolver.hpp"
 
 namespace imdstrace {
@@ -60,9 +63,9 @@ std::string normalize_cgroup(std::string c) {
 std::vector<PodInfo> parse_pod_mapping(const std::string& text, const std::string& origin) {
     nlohmann::json doc;
     try {
-        doc = nlohmann::json::parse(text);
-    } catch (const nlohmann::json::parse_error& e) {
-        throw std::runtime_error(origin + ": not valid JSON (" + e.what() + ")");
+        doc = parse_untrusted_json(text);
+    } catch (const std::exception& e) {
+        throw std::runtime_error(origin + ": not valid JSON (" + capped(e.what()) + ")");
     }
     if (!doc.is_array()) throw std::runtime_error(origin + ": expected a JSON array of pods");
     std::vector<PodInfo> pods;
@@ -86,25 +89,41 @@ std::vector<PodInfo> parse_pod_mapping(const std::string& text, const std::strin
         p.cgroup = normalize_cgroup(str("cgroup", false));
         if (j.contains("ips")) {
             if (!j["ips"].is_array()) throw std::runtime_error(where + ": \"ips\" must be an array of addresses");
-            for (const auto& ip : j["ips"]) {
+            for (std::size_t k = 0; k < j["ips"].size(); ++k) {
+                const auto& ip = j["ips"][k];
                 auto a = ip.is_string() ? IpAddr::parse(ip.get<std::string>()) : std::nullopt;
-                if (!a) throw std::runtime_error(where + ": \"" + ip.dump() + "\" is not an IP address");
+                // Quote a short prefix of a string, never dump a value: it may be huge or deeply nested.
+                if (!a)
+                    throw std::runtime_error(fmt::format("{}: \"ips\" entry #{} ({}) is not an IP address", where, k + 1,
+                                                         ip.is_string() ? "\"" + capped(ip.get<std::string>(), 64) + "\""
+                                                                        : std::string("a JSON ") + ip.type_name()));
                 p.ips.push_back(*a);
             }
         }
         if (p.cgroup.empty() && p.ips.empty())
-            throw std::runtime_error(where + " (" + p.ref() + "): needs \"cgroup\" or \"ips\" to be matched");
+            throw std::runtime_error(where + " (" + capped(p.ref(), 100) + "): needs \"cgroup\" or \"ips\" to be matched");
         pods.push_back(std::move(p));
     }
     return pods;
 }
 
 std::unique_ptr<PodResolver> make_static_resolver(const std::string& file) {
+    // A regular file of bounded size: /dev/zero or a FIFO would be read forever.
+    struct stat st{};
+    if (::stat(file.c_str(), &st) != 0)
+        throw std::runtime_error("cannot read pod mapping " + file + ": " + std::strerror(errno));
+    if (!S_ISREG(st.st_mode)) throw std::runtime_error("pod mapping " + file + " is not a regular file");
+    if (st.st_size > static_cast<off_t>(kPodMappingMaxBytes))
+        throw std::runtime_error(fmt::format("pod mapping {} is {} bytes, more than the {} allowed", file, st.st_size,
+                                             kPodMappingMaxBytes));
     std::ifstream in(file);
     if (!in) throw std::runtime_error("cannot read pod mapping " + file + ": " + std::strerror(errno));
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return std::make_unique<StaticResolver>(parse_pod_mapping(ss.str(), file), file);
+    std::string text(static_cast<std::size_t>(st.st_size) + 1, '\0');
+    in.read(text.data(), static_cast<std::streamsize>(text.size()));
+    text.resize(static_cast<std::size_t>(in.gcount()));
+    if (text.size() > static_cast<std::size_t>(st.st_size))  // grew since stat
+        throw std::runtime_error(fmt::format("pod mapping {} is more than {} bytes", file, kPodMappingMaxBytes));
+    return std::make_unique<StaticResolver>(parse_pod_mapping(text, file), file);
 }
 
 std::unique_ptr<PodResolver> make_null_resolver() { return std::make_unique<NullResolver>(); }

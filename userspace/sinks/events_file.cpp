@@ -3,8 +3,13 @@
 #include <cerrno>
 #include <cstring>
 #include <stdexcept>
+#include <fmt/format.h>
+
+#include <algorithm>
 
 #include "common/errors.hpp"
+#include "common/json_input.hpp"
+#include "sinks/escape.hpp"
 #include "sinks/json.hpp"
 
 namespace imdstrace {
@@ -20,18 +25,96 @@ void EventsFile::write_line(const std::string& line) {
 }
 
 void EventsFile::write(const TransactionRecord& r) {
-    write_line(to_json(r).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+    write_line(dump_json(to_json(r)));
 }
 
 void EventsFile::write_trailer(std::int64_t start_unix_ms, double window_s, const std::vector<std::string>& targets,
                                const nlohmann::json& set_aside, const nlohmann::json& node) {
-    write_line(nlohmann::json{{"schema", kSessionSchema},
-                              {"ts", iso8601_ms(start_unix_ms)},
-                              {"window_s", window_s},
-                              {"targets", targets},
-                              {"set_aside", set_aside},
-                              {"node", node}}
-                   .dump());
+    write_line(dump_json(nlohmann::json{{"schema", kSessionSchema},
+                                        {"ts", iso8601_ms(start_unix_ms)},
+                                        {"window_s", window_s},
+                                        {"targets", targets},
+                                        {"set_aside", set_aside},
+                                        {"node", node}}));
+}
+
+namespace {
+
+// One line, at most `cap` bytes kept (the rest is read and counted in
+// `too_long`, not stored): a 100 MB line costs no 100 MB.
+bool read_line(std::istream& in, std::string& line, std::size_t cap, bool& too_long) {
+    line.clear();
+    too_long = false;
+    auto* buf = in.rdbuf();
+    bool any = false;
+    for (int c; (c = buf->sbumpc()) != std::char_traits<char>::eof();) {
+        any = true;
+        if (c == '\n') return true;
+        if (line.size() < cap) line.push_back(static_cast<char>(c));
+        else too_long = true;
+    }
+    return any;
+}
+
+
+
+}  // namespace
+
+Recording read_recording(std::istream& in, const std::string& name,
+                         const std::function<void(TransactionRecord&&)>& add) {
+    Recording rec;
+    std::string line;
+    bool too_long = false;
+    std::uint64_t lineno = 0;
+    std::set<std::string> targets_seen;
+    auto skip = [&](std::string_view why) {
+        if (!rec.skipped++) rec.first_skipped = fmt::format("{}:{}: {}", name, lineno, capped(why));
+    };
+    while (read_line(in, line, kRecordingMaxLine, too_long)) {
+        ++lineno;
+        if (too_long) {
+            skip(fmt::format("line longer than {} bytes", kRecordingMaxLine));
+            continue;
+        }
+        if (line.empty()) continue;
+        try {
+            auto j = parse_untrusted_json(line);
+            if (j.is_object() && j.contains("schema") && j["schema"] == kSessionSchema) {
+                const auto& w = j.contains("window_s") ? j["window_s"] : nlohmann::json();
+                if (!w.is_number() || !(w.get<double>() >= 0 && w.get<double>() <= 10.0 * 365 * 86400))
+                    throw std::runtime_error("session trailer without a valid \"window_s\"");
+                if (j.contains("targets") && !j["targets"].is_array())
+                    throw std::runtime_error("session trailer: \"targets\" must be an array");
+                for (const auto& t : j.value("targets", nlohmann::json::array()))
+                    if (t.is_string() && Endpoint::parse(t.get<std::string>(), 80) &&
+                        targets_seen.insert(t.get<std::string>()).second)
+                        rec.recorded_targets.push_back(t.get<std::string>());
+                rec.recorded_window += w.get<double>();
+                if (j.contains("node")) rec.node = node_facts_from_json(j["node"]);
+                if (j.contains("set_aside") && j["set_aside"].is_object()) {
+                    const auto& sa = j["set_aside"];
+                    auto count = [&sa](const char* key) -> std::uint64_t {
+                        return sa.contains(key) && sa[key].is_number_unsigned() ? sa[key].get<std::uint64_t>() : 0;
+                    };
+                    rec.other_namespace_events += count("other_namespace_events");
+                    rec.socket_bookkeeping_frees += count("socket_bookkeeping_frees");
+                    rec.events_lost += count("events_lost");
+                    rec.late_drops += count("late_drops");
+                }
+                continue;
+            }
+            auto r = record_from_json(j);
+            if (!rec.first_ms || r.wall_ms < rec.first_ms) rec.first_ms = r.wall_ms;
+            rec.last_ms = std::max(rec.last_ms, r.wall_ms + r.duration_ms);
+            rec.servers.insert(r.server.str());
+            ++rec.transactions;
+            add(std::move(r));
+        } catch (const std::exception& e) {
+            skip(e.what());
+        }
+    }
+    if (in.bad()) throw std::runtime_error(name + ": read failed: " + std::strerror(errno ? errno : EIO));
+    return rec;
 }
 
 }  // namespace imdstrace

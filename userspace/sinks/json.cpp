@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <climits>
 #include <ctime>
 #include <stdexcept>
 
@@ -37,10 +39,47 @@ json pod_json(const std::optional<PodInfo>& p) {
     return json{{"namespace", p->namespace_}, {"name", p->name}, {"uid", p->uid}, {"container", p->container}};
 }
 
-std::optional<int> get_optional_int(const json& j, const char* key) {
-    if (!j.contains(key) || j[key].is_null()) return std::nullopt;
-    return j[key].get<int>();
+// Numbers read back from a recording are checked against what the tracer
+// can have written: a hostile file must not print NEEDS -2147483648 or
+// convert 1e300 to int.
+std::int64_t int_in(const json& v, const char* key, std::int64_t lo, std::int64_t hi) {
+    if (!v.is_number_integer())
+        throw std::runtime_error(fmt::format("field \"{}\" must be an integer from {} to {}", key, lo, hi));
+    // Unsigned first: 2^64-1 read as int64 would be -1.
+    const bool in_range = v.is_number_unsigned()
+                              ? v.get<std::uint64_t>() <= static_cast<std::uint64_t>(hi) && v.get<std::int64_t>() >= lo
+                              : v.get<std::int64_t>() >= lo && v.get<std::int64_t>() <= hi;
+    if (!in_range) throw std::runtime_error(fmt::format("field \"{}\" is outside {}..{}", key, lo, hi));
+    return v.get<std::int64_t>();
 }
+
+std::optional<int> get_optional_int(const json& j, const char* key, int lo, int hi) {
+    if (!j.contains(key) || j[key].is_null()) return std::nullopt;
+    return static_cast<int>(int_in(j[key], key, lo, hi));
+}
+
+// Counters: non-negative integers; beyond 2^32-1 they saturate instead of wrapping.
+std::uint32_t get_count(const json& j, const char* key, std::uint32_t fallback) {
+    if (!j.contains(key)) return fallback;
+    const auto& v = j[key];
+    if (!v.is_number_integer() || (v.is_number_integer() && !v.is_number_unsigned() && v.get<std::int64_t>() < 0))
+        throw std::runtime_error(fmt::format("field \"{}\" must be a non-negative integer", key));
+    return static_cast<std::uint32_t>(std::min<std::uint64_t>(v.get<std::uint64_t>(), UINT32_MAX));
+}
+
+std::string get_string(const json& j, const char* key) {
+    if (!j.contains(key) || j[key].is_null()) return {};
+    if (!j[key].is_string()) throw std::runtime_error(fmt::format("field \"{}\" must be a string", key));
+    return j[key].get<std::string>();
+}
+
+bool get_bool(const json& j, const char* key) {
+    if (!j.contains(key) || j[key].is_null()) return false;
+    if (!j[key].is_boolean()) throw std::runtime_error(fmt::format("field \"{}\" must be true or false", key));
+    return j[key].get<bool>();
+}
+
+constexpr std::int64_t kMaxDurationMs = 10LL * 365 * 24 * 3600 * 1000;  // ten years
 
 }  // namespace
 
@@ -57,7 +96,8 @@ json to_json(const TransactionRecord& r) {
     if (r.request)
         j["request"] = {{"method", r.request->method},
                         {"path", r.request->path},
-                        {"token", r.request->token},
+                        // null: head cut off before any token header (unknown, not absent)
+                        {"token", r.request->token_unknown() ? json(nullptr) : json(r.request->token)},
                         {"token_ttl_header", r.request->token_ttl},
                         {"forwarded_for", r.request->forwarded_for}};
     else
@@ -88,68 +128,85 @@ json to_json(const TransactionRecord& r) {
 }
 
 TransactionRecord record_from_json(const json& j) {
+    if (!j.is_object()) throw std::runtime_error("not a JSON object");
     auto need = [&j](const char* key) -> const json& {
         if (!j.contains(key)) throw std::runtime_error(fmt::format("missing field \"{}\"", key));
         return j[key];
     };
-    if (need("schema") != kTransactionSchema)
-        throw std::runtime_error(fmt::format("schema is {}, expected {}", j["schema"].dump(), kTransactionSchema));
+    auto object_or_null = [](const json& v, const char* key) -> const json& {
+        if (!v.is_object() && !v.is_null()) throw std::runtime_error(fmt::format("field \"{}\" must be an object", key));
+        return v;
+    };
+    // Never dump a value into a message: it may be megabytes, or nested
+    // deep enough to exhaust the stack.
+    if (!need("schema").is_string() || need("schema") != kTransactionSchema)
+        throw std::runtime_error(fmt::format("field \"schema\" is not {}", kTransactionSchema));
     TransactionRecord r;
-    auto ts = parse_iso8601_ms(need("ts").get<std::string>());
+    auto ts = parse_iso8601_ms(get_string(j, "ts"));
     if (!ts) throw std::runtime_error("field \"ts\" is not an ISO 8601 UTC time");
     r.wall_ms = *ts;
-    if (const auto& p = need("pod"); !p.is_null()) {
+    if (const auto& p = object_or_null(need("pod"), "pod"); !p.is_null()) {
         PodInfo pod;
-        pod.namespace_ = p.value("namespace", "");
-        pod.name = p.value("name", "");
-        pod.uid = p.value("uid", "");
-        pod.container = p.value("container", "");
+        pod.namespace_ = get_string(p, "namespace");
+        pod.name = get_string(p, "name");
+        pod.uid = get_string(p, "uid");
+        pod.container = get_string(p, "container");
         r.pod = pod;
     }
     if (j.contains("cgroup") && j["cgroup"].is_string()) r.cgroup = j["cgroup"].get<std::string>();
     if (j.contains("process") && j["process"].is_object())
-        r.process = ProcessInfo{j["process"].value("pid", 0u), j["process"].value("comm", "")};
-    auto client = Endpoint::parse(need("client").get<std::string>(), 0);
-    auto server = Endpoint::parse(need("server").get<std::string>(), 0);
+        r.process = ProcessInfo{static_cast<std::uint32_t>(int_in(j["process"].value("pid", json(0)), "pid", 0, UINT32_MAX)),
+                                get_string(j["process"], "comm")};
+    auto client = Endpoint::parse(get_string(j, "client"), 0);
+    auto server = Endpoint::parse(get_string(j, "server"), 0);
     if (!client || !server) throw std::runtime_error("field \"client\" or \"server\" is not ADDR:PORT");
     r.client = *client;
     r.server = *server;
-    if (const auto& q = need("request"); !q.is_null()) {
+    if (const auto& q = object_or_null(need("request"), "request"); !q.is_null()) {
         HttpRequest req;
-        req.method = q.value("method", "");
-        req.path = q.value("path", "");
-        req.token = q.value("token", false);
-        req.token_ttl = q.value("token_ttl_header", false);
-        req.forwarded_for = q.value("forwarded_for", false);
+        req.method = get_string(q, "method");
+        req.path = get_string(q, "path");
+        // null: the head was cut off before the blank line and no token
+        // header was in the part seen (presence unknown).
+        req.token = get_bool(q, "token");
+        req.head_cut = q.contains("token") && q["token"].is_null();
+        req.token_ttl = get_bool(q, "token_ttl_header");
+        req.forwarded_for = get_bool(q, "forwarded_for");
         r.request = req;
     }
     const auto& resp = need("response");
-    r.status = get_optional_int(resp, "status");
-    r.ttl_at_node = get_optional_int(resp, "ttl_at_node");
-    r.hops = get_optional_int(j, "hops");
-    r.hops_inferred = j.value("hops_inferred", false);
-    r.required_hop_limit = get_optional_int(j, "required_hop_limit");
-    auto v = verdict_from_string(need("verdict").get<std::string>());
-    if (!v) throw std::runtime_error("unknown verdict " + j["verdict"].dump());
+    if (!resp.is_object()) throw std::runtime_error("field \"response\" must be an object");
+    r.status = get_optional_int(resp, "status", 100, 599);
+    r.ttl_at_node = get_optional_int(resp, "ttl_at_node", 0, 255);
+    r.hops = get_optional_int(j, "hops", 0, 255);
+    r.hops_inferred = get_bool(j, "hops_inferred");
+    r.required_hop_limit = get_optional_int(j, "required_hop_limit", 1, 256);
+    auto v = verdict_from_string(get_string(j, "verdict"));
+    if (!v) throw std::runtime_error("field \"verdict\" is not a verdict name");
     r.verdict = *v;
-    r.evidence = j.value("evidence", "");
-    for (const auto& d : need("drops")) {
+    r.evidence = get_string(j, "evidence");
+    const auto& drops = need("drops");
+    if (!drops.is_array()) throw std::runtime_error("field \"drops\" must be an array");
+    for (const auto& d : drops) {
+        if (!d.is_object()) throw std::runtime_error("a drop must be an object");
         DropRecord dr;
-        dr.reason = d.contains("reason") && d["reason"].is_string() ? d["reason"].get<std::string>() : "";
-        dr.location = d.value("location", "");
-        dr.ttl = d.value("ttl", 0);
-        dr.response = d.value("direction", "response") == "response";
-        dr.count = d.value("count", 1u);
-        if (d.contains("netns") && d["netns"].is_number_unsigned()) dr.netns = d["netns"].get<std::uint32_t>();
-        if (d.contains("place") && d["place"].is_string()) dr.place = d["place"].get<std::string>();
+        dr.reason = get_string(d, "reason");
+        dr.location = get_string(d, "location");
+        dr.ttl = static_cast<std::uint8_t>(int_in(d.value("ttl", json(0)), "ttl", 0, 255));
+        dr.response = d.value("direction", json("response")) == "response";
+        dr.count = get_count(d, "count", 1);
+        if (d.contains("netns") && d["netns"].is_number_unsigned() && d["netns"].get<std::uint64_t>() <= UINT32_MAX)
+            dr.netns = d["netns"].get<std::uint32_t>();
+        if (d.contains("place") && d["place"].is_string()) dr.place = get_string(d, "place");
         r.drops.push_back(dr);
     }
-    r.icmp_time_exceeded = j.value("icmp_time_exceeded", 0u);
-    r.retransmits = j.value("retransmits", 0u);
-    r.duration_ms = j.value("duration_ms", 0);
-    r.opened_before_tracing = j.value("opened_before_tracing", false);
-    r.incomplete = j.value("incomplete", false);
-    r.target_on_node = j.value("target_on_node", false);
+    r.icmp_time_exceeded = get_count(j, "icmp_time_exceeded", 0);
+    r.retransmits = get_count(j, "retransmits", 0);
+    r.duration_ms = j.contains("duration_ms") ? int_in(j["duration_ms"], "duration_ms", 0, kMaxDurationMs) : 0;
+    auto flag = [&j](const char* key) { return j.contains(key) && j[key].is_boolean() && j[key].get<bool>(); };
+    r.opened_before_tracing = flag("opened_before_tracing");
+    r.incomplete = flag("incomplete");
+    r.target_on_node = flag("target_on_node");
     return r;
 }
 

@@ -7,13 +7,16 @@
 
 #include "common/net.hpp"
 #include "verdict/diagnosis.hpp"
+#include "sinks/escape.hpp"
 
 namespace imdstrace {
 namespace {
 
-std::string escape(const std::string& v) {
+// A label value: valid UTF-8 (a cgroup name may hold any byte), with
+// backslash, quote and newline escaped as the exposition format asks.
+std::string escape(const std::string& raw) {
     std::string out;
-    for (char c : v) {
+    for (char c : utf8_or_replacement(raw)) {
         if (c == '\\') out += "\\\\";
         else if (c == '"') out += "\\\"";
         else if (c == '\n') out += "\\n";
@@ -113,8 +116,21 @@ std::string Metrics::render(std::int64_t now_ms) {
     return o;
 }
 
+std::optional<Endpoint> parse_metrics_listen(const std::string& listen) {
+    // Endpoint::parse refuses port 0 and defaults a missing one: ":0" is
+    // read as "no port" (default 0), a missing port as an error.
+    if (listen.ends_with(":0")) {
+        auto ep = Endpoint::parse(std::string_view(listen).substr(0, listen.size() - 2), 0);
+        if (ep && listen.size() > 2 && (ep->addr.is_v4() || listen[listen.size() - 3] == ']')) return ep;
+        return std::nullopt;
+    }
+    auto with_0 = Endpoint::parse(listen, 0), with_1 = Endpoint::parse(listen, 1);
+    if (!with_0 || with_0 != with_1) return std::nullopt;
+    return with_0;
+}
+
 MetricsServer::MetricsServer(Metrics& metrics, const std::string& listen) : server_(std::make_unique<httplib::Server>()) {
-    auto ep = Endpoint::parse(listen, 0);
+    auto ep = parse_metrics_listen(listen);
     if (!ep) throw std::invalid_argument("--metrics " + listen + ": expected ADDR:PORT, e.g. 0.0.0.0:9655");
     server_->Get("/metrics", [&metrics](const httplib::Request&, httplib::Response& res) {
         auto now = std::chrono::duration_cast<std::chrono::milliseconds>(

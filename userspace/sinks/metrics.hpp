@@ -3,6 +3,10 @@
 // series have not moved for `pod_ttl` ages out of the exposition.
 #pragma once
 
+#include "common/net.hpp"
+
+#include <optional>
+
 #include <chrono>
 #include <cstdint>
 #include <map>
@@ -49,6 +53,10 @@ private:
     std::optional<int> node_hop_limit_;
     std::uint64_t events_lost_ = 0;
 };
+
+// --metrics ADDR:PORT.  The port is required; 0 asks for a free one (the
+// caller logs the bound port).  nullopt when the text is not that.
+std::optional<Endpoint> parse_metrics_listen(const std::string& listen);
 
 class MetricsServer {
 public:

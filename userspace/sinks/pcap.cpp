@@ -1,8 +1,11 @@
 #include "sinks/pcap.hpp"
 
+#include "common/errors.hpp"
+
 #include <arpa/inet.h>
 #include <fmt/format.h>
 
+#include <cerrno>
 #include <cstring>
 #include <stdexcept>
 
@@ -115,11 +118,12 @@ std::string synthesize_packet(const Observation& o) {
 }
 
 PcapWriter::PcapWriter(const std::string& path, Namer drop_text, IfName ifname, std::int64_t unix_ns_offset)
-    : out_(path, std::ios::binary | std::ios::trunc),
+    : path_(path),
+      out_(path, std::ios::binary | std::ios::trunc),
       drop_text_(std::move(drop_text)),
       ifname_(std::move(ifname)),
       unix_ns_offset_(unix_ns_offset) {
-    if (!out_) throw std::runtime_error("cannot write " + path);
+    if (!out_) throw UsageError("--pcap: cannot write " + path + ": " + std::strerror(errno));
     std::string shb;
     put32(shb, 0x1A2B3C4D);  // byte-order magic
     put16(shb, 1);
@@ -133,6 +137,13 @@ PcapWriter::PcapWriter(const std::string& path, Namer drop_text, IfName ifname, 
     put16(shb, kOptEnd);
     put16(shb, 0);
     block(kSectionHeader, shb);
+    flush();
+}
+
+void PcapWriter::flush() {
+    out_.flush();
+    // A full disk must not lose the evidence silently.
+    if (!out_) throw std::runtime_error("--pcap " + path_ + ": write failed: " + std::strerror(errno ? errno : EIO));
 }
 
 void PcapWriter::block(std::uint32_t type, const std::string& body) {
@@ -220,7 +231,7 @@ void PcapWriter::write(const Observation& o) {
     put16(epb, kOptEnd);
     put16(epb, 0);
     block(kEnhancedPacket, epb);
-    out_.flush();  // evidence survives a kill
+    flush();  // evidence survives a kill
     ++packets_;
 }
 

@@ -25,7 +25,9 @@ public:
     using Namer = std::function<std::string(const Observation&)>;  // drop reason/location text
     using IfName = std::function<std::string(std::uint32_t ifindex)>;
 
-    // Throws std::runtime_error when the file cannot be written.
+    // Throws UsageError when the file cannot be opened, std::runtime_error
+    // naming the file and the error when a write fails, here or in write()
+    // (every packet is flushed).
     PcapWriter(const std::string& path, Namer drop_text, IfName ifname, std::int64_t unix_ns_at_mono_zero);
     void write(const Observation& o);
     std::uint64_t packets() const { return packets_; }
@@ -34,7 +36,9 @@ private:
     std::uint32_t interface_for(const Observation& o);
     std::string device_name(const Observation& o) const;
     void block(std::uint32_t type, const std::string& body);
+    void flush();
 
+    std::string path_;
     std::ofstream out_;
     Namer drop_text_;
     IfName ifname_;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "sinks/escape.hpp"
 #include "sinks/json.hpp"
 #include "sinks/text.hpp"
 
@@ -58,10 +59,10 @@ ProbeStep step_from_json(const nlohmann::json& j) {
 }
 
 std::string format_probe(const ProbeReport& r) {
-    std::string out = fmt::format("probe from {} to {}\n", r.from, r.target);
+    std::string out = fmt::format("probe from {} to {}\n", terminal_safe(r.from), terminal_safe(r.target));
     for (const auto& s : r.steps)
         out += fmt::format("  {} {:<45} -> {}\n", s.method, s.path,
-                           s.status ? fmt::format("{} ({} ms)", *s.status, s.ms) : s.error);
+                           s.status ? fmt::format("{} ({} ms)", *s.status, s.ms) : terminal_safe(s.error));
     out += "\nwhat the kernel saw:\n";
     for (const auto& t : r.transactions) out += "  " + format_transaction(t) + "\n";
     out += "\n" + format_diagnosis(r.diagnosis);

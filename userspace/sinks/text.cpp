@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <ctime>
 
+#include "sinks/escape.hpp"
+
 namespace imdstrace {
 namespace {
 
@@ -65,6 +67,36 @@ std::string set_aside_text(const SetAside& a) {
     return out;
 }
 
+// At most `width` bytes of already escaped text, cut on a character boundary.
+std::string fit(std::string s, std::size_t width) {
+    if (s.size() <= width) return s;
+    std::size_t cut = width - 3;
+    while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xc0) == 0x80) --cut;
+    return s.substr(0, cut) + "...";
+}
+
+// Every name in these lines may come from outside (a cgroup directory, a
+// pod, a recorded file): escaped, so it cannot paint on the terminal.
+std::string safe_list(const std::vector<std::string>& v) {
+    std::string out;
+    for (const auto& s : v) out += (out.empty() ? "" : ", ") + terminal_safe(s);
+    return out;
+}
+
+// Our fixes are multi-line; what they quote from the input is escaped line by line.
+std::string safe_lines(const std::string& s) {
+    std::string out;
+    std::size_t start = 0;
+    while (true) {
+        auto nl = s.find('\n', start);
+        out += terminal_safe(std::string_view(s).substr(start, nl == std::string::npos ? std::string::npos : nl - start));
+        if (nl == std::string::npos) break;
+        out += '\n';
+        start = nl + 1;
+    }
+    return out;
+}
+
 }  // namespace
 
 std::string format_transaction_header(TextStyle) {
@@ -73,25 +105,24 @@ std::string format_transaction_header(TextStyle) {
 }
 
 std::string format_transaction(const TransactionRecord& r, TextStyle style) {
-    std::string request = r.request ? r.request->method + " " + r.request->path : "(no request)";
-    if (request.size() > 42) request = request.substr(0, 39) + "...";
-    std::string who = r.subject();
-    if (who.size() > 32) who = who.substr(0, 29) + "...";
+    std::string request = fit(r.request ? terminal_safe(r.request->method + " " + r.request->path) : "(no request)", 42);
+    std::string who = fit(terminal_safe(r.subject()), 32);
     // Set-aside transactions carry no verdict: say why instead.
     const auto aside = set_aside_reason(r);
     auto verdict = aside.empty() ? paint(fmt::format("{:<18}", to_string(r.verdict)), r.verdict, style)
                                  : fmt::format("{:<18}", "SET_ASIDE");
-    std::string proc = r.process ? fmt::format(", pid {} {}", r.process->pid, r.process->comm) : std::string();
+    std::string proc =
+        r.process ? fmt::format(", pid {} {}", r.process->pid, terminal_safe(r.process->comm)) : std::string();
     return fmt::format("{:<12}  {}  {:<32}  {:<42}  {:>6}  {:>7}  {:>4}  {:>5}  {}{} ({} -> {}{}, {} ms)",
                        clock_time(r.wall_ms), verdict, who, request, opt(r.status), opt(r.ttl_at_node),
                        opt(r.hops) + (r.hops_inferred ? "?" : ""), opt(r.required_hop_limit),
-                       aside.empty() ? "" : "[" + aside + "] ", r.evidence, r.client.str(), r.server.str(), proc,
-                       r.duration_ms);
+                       aside.empty() ? "" : "[" + aside + "] ", terminal_safe(r.evidence), r.client.str(),
+                       r.server.str(), proc, r.duration_ms);
 }
 
 std::string format_diagnosis(const Diagnosis& d, TextStyle style) {
     std::string out;
-    std::string targets = fmt::format("{}", fmt::join(d.targets, ", "));
+    std::string targets = safe_list(d.targets);
     out += fmt::format("imdstrace diagnosis: {} transaction{} in {:.0f} s to {}\n", d.transactions,
                        d.transactions == 1 ? "" : "s", d.window_s, targets);
     if (d.hop_limit_observed)
@@ -106,27 +137,29 @@ std::string format_diagnosis(const Diagnosis& d, TextStyle style) {
     }
     // The pod column fits the longest name (up to 72): names are what people read.
     std::size_t width = 3;
-    for (const auto& p : d.pods) width = std::max(width, std::min<std::size_t>(p.subject.size(), 72));
+    std::vector<std::string> subjects;
+    for (const auto& p : d.pods) subjects.push_back(terminal_safe(p.subject));
+    for (const auto& s : subjects) width = std::max(width, std::min<std::size_t>(s.size(), 72));
     out += fmt::format("\n{:<18}  {:<{}}  {:>4}  {:>5}  {:>3}  {}\n", "VERDICT", "POD", width, "HOPS", "NEEDS", "TX",
                        "TRANSACTIONS BY VERDICT");
-    for (const auto& p : d.pods) {
+    for (std::size_t i = 0; i < d.pods.size(); ++i) {
+        const auto& p = d.pods[i];
         std::string by;
         for (const auto& [v, n] : p.verdicts) by += fmt::format("{}{} {}", by.empty() ? "" : ", ", n, to_string(v));
-        std::string who = p.subject;
-        if (who.size() > width) who = who.substr(0, width - 3) + "...";
+        std::string who = fit(subjects[i], width);
         out += fmt::format("{}  {:<{}}  {:>4}  {:>5}  {:>3}  {}\n",
                            paint(fmt::format("{:<18}", to_string(p.verdict)), p.verdict, style), who, width, opt(p.hops),
                            opt(p.required_hop_limit), p.transactions, by);
     }
-    auto indent_fix = [](std::string fix) {
+    auto indent_fix = [](const std::string& text) {
+        std::string fix = safe_lines(text);
         for (std::size_t pos = 0; (pos = fix.find('\n', pos)) != std::string::npos; pos += 7)
             fix.replace(pos, 1, "\n       ");
         return fix;
     };
     for (const auto& w : d.warnings) {
-        std::string pods = fmt::format("{}", fmt::join(w.pods, ", "));
-        out += fmt::format("\n{} {}\n  {}\n  fix:   {}\n", style.color ? "\033[1;33mWARNING\033[0m" : "WARNING", pods,
-                           w.message, indent_fix(w.fix));
+        out += fmt::format("\n{} {}\n  {}\n  fix:   {}\n", style.color ? "\033[1;33mWARNING\033[0m" : "WARNING",
+                           safe_list(w.pods), terminal_safe(w.message), indent_fix(w.fix));
     }
     if (d.findings.empty()) {
         out += d.warnings.empty() ? "\nHealthy: every transaction was answered and delivered.\n"
@@ -134,9 +167,8 @@ std::string format_diagnosis(const Diagnosis& d, TextStyle style) {
         return out;
     }
     for (const auto& f : d.findings) {
-        std::string pods = fmt::format("{}", fmt::join(f.pods, ", "));
-        out += fmt::format("\n{} {}\n", paint(std::string(to_string(f.verdict)), f.verdict, style), pods);
-        out += fmt::format("  evidence: {}\n", f.evidence);
+        out += fmt::format("\n{} {}\n", paint(std::string(to_string(f.verdict)), f.verdict, style), safe_list(f.pods));
+        out += fmt::format("  evidence: {}\n", terminal_safe(f.evidence));
         if (!f.fix.empty()) out += fmt::format("  fix:   {}\n", indent_fix(f.fix));
     }
     return out;

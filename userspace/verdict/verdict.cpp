@@ -82,6 +82,7 @@ std::string status_evidence(const Transaction& t, bool delivered_seen) {
     if (t.request) {
         std::string headers;
         if (t.request->token) headers += " with token header";
+        else if (t.request->token_unknown()) headers += ", token header unknown (request head cut off)";
         else headers += " without token header";
         if (t.request->method == "PUT" && !t.request->token_ttl) headers += ", without TTL header";
         if (t.request->forwarded_for) headers += ", with X-Forwarded-For";

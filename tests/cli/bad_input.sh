@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Bad command lines and hostile files, table-driven: each row is the exit
+# code imdstrace must give, a regex its stderr (or, with "out:", its
+# stdout) must match, and the arguments.  None of them may crash it, hang
+# it, print a secret or claim what it did not see.
+#
+# Commands that would trace run inside a fresh, empty network namespace
+# (unshare --net): whatever slips past validation finds no uplink there and
+# ends before anything is loaded; the root namespace is never touched.
+set -euo pipefail
+
+: "${IMDSTRACE:?path to the imdstrace binary}"
+CASES=${CASES:-$(cd "$(dirname "$0")/../cases" && pwd)}
+WORK=$(mktemp -d /tmp/imdstrace-cli.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+[[ $(id -u) -eq 0 ]] || { echo "cli: needs root (unshare --net)" >&2; exit 1; }
+
+# Inputs made here.
+python3 - "$WORK" <<'PY'
+import sys, os
+w = sys.argv[1]
+open(f"{w}/deep-pods.json", "w").write('[{"namespace":"a","name":"b","ips":' + "[" * 200000 + "]" * 200000 + "}]")
+open(f"{w}/garbage.jsonl", "wb").write(bytes(range(256)) * 64)
+open(f"{w}/empty.jsonl", "w").close()
+# A 20 MB unterminated string: the message about it must stay short.
+with open(f"{w}/huge-string.jsonl", "w") as f:
+    f.write('{"schema":"imdstrace.transaction/v1","pod":"' + "A" * (20 << 20) + "\n")
+PY
+mkdir "$WORK/dir"
+
+PASSED=0 FAILED=0
+# row RC PATTERN ARGS... : PATTERN is matched against stderr, or stdout when it starts with "out:".
+row() {
+    local want=$1 pattern=$2; shift 2
+    local rc=0
+    timeout 20 unshare --net "$IMDSTRACE" "$@" >"$WORK/out" 2>"$WORK/err" </dev/null || rc=$?
+    local stream="$WORK/err"
+    if [[ $pattern == out:* ]]; then stream="$WORK/out"; pattern=${pattern#out:}; fi
+    local why=""
+    [[ $rc == "$want" ]] || why="exit $rc, expected $want"
+    grep -qE -- "$pattern" "$stream" || why="${why:+$why; }/$pattern/ not in $(basename "$stream")"
+    # Messages stay short whatever the input: no dumped values.
+    (( $(wc -c <"$WORK/err") < 4000 )) || why="${why:+$why; }stderr is $(wc -c <"$WORK/err") bytes"
+    if [[ -z $why ]]; then
+        PASSED=$((PASSED + 1)); printf '  ok    imdstrace %s\n' "$(printf '%q ' "$@" | cut -c1-100)"
+    else
+        FAILED=$((FAILED + 1)); printf '  FAIL  imdstrace %s: %s\n' "$(printf '%q ' "$@" | cut -c1-100)" "$why"
+        head -c 600 "$WORK/err" | sed 's/^/        /'
+    fi
+}
+# full ARGS...: stdout is /dev/full; exit 1 naming standard output and the error.
+full() {
+    local rc=0
+    timeout 20 "$IMDSTRACE" "$@" >/dev/full 2>"$WORK/err" </dev/null || rc=$?
+    if [[ $rc == 1 ]] && grep -q "standard output: write failed: No space left on device" "$WORK/err"; then
+        PASSED=$((PASSED + 1)); printf '  ok    imdstrace %s >/dev/full\n' "$*"
+    else
+        FAILED=$((FAILED + 1)); printf '  FAIL  imdstrace %s >/dev/full: exit %s\n' "$*" "$rc"; head -c 300 "$WORK/err"
+    fi
+}
+
+DUR="--duration must be a positive, finite number of seconds"
+echo "== --duration"
+for d in -1 0 nan NaN inf -inf 1e308 31536001 abc 1s ""; do
+    row 2 "$DUR" watch --duration "$d"
+    row 2 "$DUR" diagnose --duration "$d"
+done
+row 2 "$DUR" --duration inf
+
+echo "== --metrics, --target, --pods, options"
+row 2 "--metrics 127.0.0.1: expected ADDR:PORT" watch --metrics 127.0.0.1
+row 2 "--metrics \[::1\]: expected ADDR:PORT" watch --metrics '[::1]'
+row 2 "--metrics 127.0.0.1:99999: expected ADDR:PORT" diagnose --metrics 127.0.0.1:99999
+row 2 "--metrics localhost:9655: expected ADDR:PORT" diagnose --metrics localhost:9655
+row 2 "--metrics ::1:0: expected ADDR:PORT" watch --metrics ::1:0
+# Port 0 is accepted (a free port, logged): past validation, the empty namespace has no uplink.
+row 1 "no route to any target" watch --metrics 127.0.0.1:0
+row 1 "no route to any target" watch --metrics '[::1]:0'
+row 2 "--target 169.254.169.254:99999: expected ADDR" diagnose --target 169.254.169.254:99999
+row 2 "--target x: expected ADDR" watch --target x
+row 2 "--pods must be auto, k8s-node" diagnose --pods magic
+row 2 "pod mapping /dev/zero is not a regular file" diagnose --pods static:/dev/zero
+row 2 "is not a regular file" diagnose --pods "static:$WORK/dir"
+row 2 "cannot read pod mapping /nonexistent" diagnose --pods static:/nonexistent
+row 2 "deep-pods.json: not valid JSON \(nested deeper than" diagnose --pods "static:$WORK/deep-pods.json"
+row 2 "frobnicate" diagnose --frobnicate
+row 2 "output" diagnose -o yaml
+row 2 "log-level" watch --log-level loud
+row 2 "file is required|required" report
+
+echo "== report"
+row 2 "report: $WORK/dir is a directory" report "$WORK/dir"
+row 2 "report: cannot read /nonexistent.jsonl" report /nonexistent.jsonl
+row 3 "out:10 transactions" report "$CASES/report/truncated_last.jsonl"
+row 3 "skipped 1 line that is not a transaction .*truncated_last.jsonl:11:" report "$CASES/report/truncated_last.jsonl"
+row 1 "no line of .*hops_intmax.jsonl is a transaction.*\"hops\" is outside 0..255" report "$CASES/report/hops_intmax.jsonl"
+row 1 "\"duration_ms\" must be an integer|\"duration_ms\" is outside" report "$CASES/report/duration_huge.jsonl"
+row 3 "out:12884901885 drops reason IP_INHDR" report "$CASES/report/count_overflow.jsonl"
+row 3 'out:x\\x1b\[2J\\x1b\[31mFAKE' report "$CASES/report/ansi_pod.jsonl"
+row 3 'out:"name": "x\\u001b\[2J' report -o json "$CASES/report/ansi_pod.jsonl"
+row 1 "no line of .*garbage.jsonl is a transaction" report "$WORK/garbage.jsonl"
+row 1 "huge-string.jsonl:1: " report "$WORK/huge-string.jsonl"
+row 0 "out:No metadata traffic seen" report "$WORK/empty.jsonl"
+if grep -q $'\x1b' "$WORK/out"; then FAILED=$((FAILED + 1)); echo "  FAIL  an escape byte reached stdout"; fi
+timeout 20 "$IMDSTRACE" report "$CASES/report/ansi_pod.jsonl" >"$WORK/ansi.out" 2>&1 || true
+if grep -q $'\x1b' "$WORK/ansi.out"; then
+    FAILED=$((FAILED + 1)); echo "  FAIL  report ansi_pod.jsonl: an ESC byte reached the terminal"
+else
+    PASSED=$((PASSED + 1)); echo "  ok    report ansi_pod.jsonl: no ESC byte in the output"
+fi
+
+echo "== standard output on a full disk"
+full report "$CASES/report/count_overflow.jsonl"
+full report -o json "$CASES/report/count_overflow.jsonl"
+full report "$WORK/empty.jsonl"
+
+echo "cli bad_input: $PASSED passed, $FAILED failed"
+[[ $FAILED -eq 0 ]]

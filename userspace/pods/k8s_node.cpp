@@ -93,17 +93,11 @@ K8sNodeResolver::K8sNodeResolver(K8sNodeOptions o) : opts_(std::move(o)) {
     auto root = strip_root(opts_.host_root);
     if (opts_.cgroup_mount.empty()) opts_.cgroup_mount = locate_cgroup2(opts_.host_root).path;
     opts_.cgroup_mount = strip_root(opts_.cgroup_mount);
-    if (opts_.proc_root.empty()) opts_.proc_root = "/proc";
+    if (opts_.proc_root.empty()) opts_.proc_root = root + "/proc";
     opts_.proc_root = strip_root(opts_.proc_root);
+    procs_ = std::make_unique<HostProcs>(opts_.proc_root, opts_.cgroup_mount);
     logs_dir_ = root + "/var/log/pods";
     containers_dir_ = root + "/var/log/containers";
-    // A pod sharing one of these network namespaces is host-network: its
-    // addresses are the node's, so it is found by cgroup only.
-    for (const auto& p : {opts_.proc_root + "/1/ns/net", std::string("/proc/self/ns/net")}) {
-        auto ns = read_link(p);
-        if (!ns.empty() && std::find(host_netns_.begin(), host_netns_.end(), ns) == host_netns_.end())
-            host_netns_.push_back(ns);
-    }
 }
 
 void K8sNodeResolver::refresh() {
@@ -136,10 +130,6 @@ bool K8sNodeResolver::due(Clock::time_point& last) const {
     if (last != Clock::time_point{} && now - last < opts_.min_rescan_interval) return false;
     last = now;
     return true;
-}
-
-bool K8sNodeResolver::is_host_netns(const std::string& ns) const {
-    return std::find(host_netns_.begin(), host_netns_.end(), ns) != host_netns_.end();
 }
 
 void K8sNodeResolver::scan_logs(const std::string& relist_uid) {
@@ -278,7 +268,8 @@ std::optional<PodInfo> K8sNodeResolver::by_cgroup(const std::string& cgroup_path
     pod->cgroup = ref->pod_cgroup;
     auto n = net_.find(ref->uid);
     if (n == net_.end() || n->second.pod_cgroup != ref->pod_cgroup) {
-        if (auto np = read_pod_netns(ref->uid, ref->pod_cgroup)) {
+        auto look = procs_->look();
+        if (auto np = read_pod_netns(ref->uid, ref->pod_cgroup, look)) {
             remember_ips(*np);
             n = net_.find(ref->uid);
         }
@@ -287,43 +278,19 @@ std::optional<PodInfo> K8sNodeResolver::by_cgroup(const std::string& cgroup_path
     return pod;
 }
 
-// A process of the pod, the shallowest first: the pod cgroup itself, then
-// its containers (the sandbox's pause process lives there), then one level
-// below (a container's own sub-cgroups, where a nested container's
-// processes have a network namespace of their own).
-std::optional<std::int64_t> K8sNodeResolver::find_pid(const std::string& dir, int depth) const {
-    std::vector<std::string> level{dir};
-    for (int d = 0; d <= depth && !level.empty(); ++d) {
-        std::vector<std::string> next;
-        for (const auto& cg : level) {
-            if (auto procs = read_small_file(cg + "/cgroup.procs", 1 << 16)) {
-                std::istringstream in(*procs);
-                std::int64_t pid = 0;
-                if (in >> pid && pid > 0) return pid;
-            }
-            if (d < depth)
-                for (const auto& [name, sub] : list_dir(cg))
-                    if (sub) next.push_back(cg + "/" + name);
-        }
-        level = std::move(next);
-    }
-    return std::nullopt;
-}
-
 std::optional<K8sNodeResolver::NetPod> K8sNodeResolver::read_pod_netns(const std::string& uid,
-                                                                         const std::string& pod_cgroup) {
-    auto pid = find_pid(opts_.cgroup_mount + pod_cgroup, 2);
-    if (!pid) return std::nullopt;
-    auto base = opts_.proc_root + "/" + std::to_string(*pid);
-    auto ns = read_link(base + "/ns/net");
-    if (ns.empty()) return std::nullopt;  // gone meanwhile
+                                                                         const std::string& pod_cgroup,
+                                                                         HostProcs::Look& look) {
+    auto proc = pod_network_process(look, *procs_, pod_cgroup);
+    if (!proc || proc->netns.empty()) return std::nullopt;  // no process, or gone meanwhile
     NetPod np;
     np.uid = uid;
     np.pod_cgroup = pod_cgroup;
-    if (is_host_netns(ns)) {
+    if (proc->host_network) {
         np.host_network = true;
         return np;
     }
+    auto base = opts_.proc_root + "/" + std::to_string(proc->pid);
     if (auto fib = read_small_file(base + "/net/fib_trie", 4 << 20)) np.ips = parse_fib_trie_locals(*fib);
     if (auto v6 = read_small_file(base + "/net/if_inet6")) {
         auto more = parse_if_inet6(*v6);
@@ -356,6 +323,7 @@ void K8sNodeResolver::remember_ips(const NetPod& np) {
 void K8sNodeResolver::scan_netns() {
     ++netns_scans_;
     std::unordered_map<std::string, NetPod> fresh;
+    auto look = procs_->look();  // one scan of the host's processes for every pod
     auto walk = [&](auto& self, const std::string& rel, int depth) -> void {
         for (const auto& [name, sub] : list_dir(opts_.cgroup_mount + rel)) {
             if (!sub || fresh.size() >= opts_.max_pods) continue;
@@ -365,7 +333,7 @@ void K8sNodeResolver::scan_netns() {
                 if (ref->pod_cgroup != child) continue;  // below a pod: done with it
                 if (auto old = net_.find(ref->uid); old != net_.end() && old->second.pod_cgroup == child)
                     fresh.insert_or_assign(ref->uid, old->second);
-                else if (auto np = read_pod_netns(ref->uid, child))
+                else if (auto np = read_pod_netns(ref->uid, child, look))
                     fresh.insert_or_assign(ref->uid, std::move(*np));
                 continue;
             }

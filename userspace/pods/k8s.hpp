@@ -53,6 +53,10 @@ struct ContainerLogName {
     std::string pod, namespace_, container, container_id;
 };
 std::optional<ContainerLogName> parse_container_log_name(std::string_view filename);
+// Where the kubelet keeps pod log directories below `host_root` ("" = /):
+// podLogsDir of its config file (/var/lib/kubelet/config.yaml,
+// /etc/kubernetes/kubelet/config.json) when readable, else /var/log/pods.
+std::string kubelet_pod_logs_dir(const std::string& host_root);
 // Is there a kubepods tree (either driver) within a few levels below `cgroup_mount`?
 bool has_kubepods_tree(const std::string& cgroup_mount);
 
@@ -171,6 +175,7 @@ struct ApiPod {
     PodInfo info;  // namespace, name, uid, ips (container left empty)
     bool host_network = false;
     bool terminated = false;  // phase Succeeded/Failed: its address may be reused
+    std::string mirror_of;    // a mirror pod: the static pod's config hash (its cgroup's UID)
     std::string node;
     std::vector<std::string> containers;                   // spec names
     std::unordered_map<std::string, std::string> by_id;   // container ID (no scheme) -> name

@@ -15,7 +15,7 @@ pkgs=(
   libyaml-cpp-dev                 # --pods k8s-api: kubeconfig files
   libcpp-httplib-dev libcurl4-openssl-dev tcpdump   # metrics server, k8s API client, pcap checks
   iproute2 iptables nftables util-linux jq   # testbed: ip, tc, nsenter; assertions
-  mount procps                    # e2e as the DaemonSet runs: unshare, mount --bind, pgrep
+  mount                           # e2e as the DaemonSet runs: mount --bind (unshare: util-linux)
   python3-yaml                    # tests/deploy: parse the Kubernetes manifests
 )
 

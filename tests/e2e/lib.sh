@@ -148,7 +148,7 @@ imdstrace_below() {  # imdstrace_below PID
     local pid=$1 child
     for _ in $(seq 20); do
         [[ "$(readlink "/proc/$pid/exe" 2>/dev/null)" == "$(readlink -f "$IMDSTRACE")" ]] && { echo "$pid"; return 0; }
-        child=$(pgrep -P "$pid" | head -n 1) || true
+        child=$(cat /proc/"$pid"/task/*/children 2>/dev/null | awk '{print $1; exit}') || true
         [[ -n "$child" ]] || return 1
         pid=$child
     done

@@ -56,7 +56,8 @@ check_pods() {  # check_pods DIAGNOSIS EVENTS
     expect_jq "the plain host process has no pod" "$d" '[.pods[] | select(.name == null)] | length == 1 and .[0].verdict == "OK"'
     expect_jq "exactly one finding: HOP_LIMIT_EXCEEDED for the nested pod, fix hop limit 3" "$d" \
         "(.findings | length) == 1 and .findings[0].pods == [\"$POD3_NAMESPACE/$POD3_NAME\"] and (.findings[0].fix | test(\"httpPutResponseHopLimit: 3\"))"
-    expect_each "transactions carry the container name" "$ev" ".pod.name == \"$POD1_NAME\"" ".pod.container == \"$POD1_CONTAINER_NAME\""
+    expect_each "transactions from the container's cgroup carry the container name" "$ev" \
+        ".pod.name == \"$POD1_NAME\" and .cgroup != \"$CGROUP_REL/host\"" ".pod.container == \"$POD1_CONTAINER_NAME\""
     expect_each "transactions carry the process" "$ev" '.pod != null' '.process.comm == "imds-client" and .process.pid > 0'
     expect_each "the nested pod's drops happened in its own namespace, at ip_forward with TTL 1" "$ev" \
         ".pod.name == \"$POD3_NAME\" and (.client | startswith(\"$POD3_INNER_IP:\"))" 'any(.drops[]; .location == "ip_forward" and .ttl == 1)'
@@ -105,6 +106,8 @@ scenario_k8s_node() {
     expect_eq "diagnose exits 3 (the nested pod)" "$TRACER_RC" "3"
     check_pods "$WORK/d.json" "$WORK/ev.jsonl"
     check_ips "$WORK/ev.jsonl" 1 3
+    expect_each "found by address only: no container" "$WORK/ev.jsonl" ".cgroup == \"$CGROUP_REL/host\" and .pod != null" \
+        '.pod.container == null or .pod.container == ""'
     # probe --pod finds the pod through the same resolver (k8s-node, no mapping file).
     probe_pod 1 0 "healthy at hop limit 2 (--pods k8s-node, the DaemonSet's pid namespace)" \
         '[.transactions[] | .hops] | all(. == 1)'

@@ -255,7 +255,10 @@ need /usr/sbin/ip /usr/sbin/ip /sbin/ip /bin/ip /usr/bin/ip
 need /usr/sbin/tc /usr/sbin/tc /sbin/tc
 want /usr/bin/ss /usr/bin/ss /bin/ss /usr/sbin/ss
 need /usr/bin/nsenter /usr/bin/nsenter /bin/nsenter
-want /usr/bin/unshare /usr/bin/unshare /bin/unshare
+# util-linux's, not busybox's: attribution.sh runs imdstrace as the DaemonSet does (unshare
+# --pid --cgroup --mount --kill-child, read-only bind mounts)
+need /usr/bin/unshare /usr/bin/unshare /bin/unshare
+need /usr/bin/mount /usr/bin/mount /bin/mount
 need /usr/bin/dash /bin/dash /usr/bin/dash
 ln -s dash "$ROOTFS/usr/bin/sh"
 need /usr/bin/bash /bin/bash /usr/bin/bash

@@ -16,6 +16,7 @@ pkgs=(
   libyaml-cpp-dev                 # --pods k8s-api: kubeconfig files
   libcpp-httplib-dev libcurl4-openssl-dev tcpdump   # metrics server, k8s API client, pcap checks
   iproute2 iptables nftables util-linux jq curl   # testbed: ip, tc, nsenter; assertions, metrics scrapes
+  mount                           # e2e as the DaemonSet runs: mount --bind (unshare: util-linux)
   python3-yaml                    # tests/deploy: parse the Kubernetes manifests
   libclang-rt-14-dev              # tests/fuzz: libFuzzer, ASan, UBSan runtimes for Debian's clang
   golang-go golang-github-aws-aws-sdk-go-v2-dev   # the real aws-sdk-go-v2 IMDS client (tests/testbed/sdk_client)

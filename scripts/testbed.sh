@@ -7,6 +7,7 @@
 #
 #   testbed.sh up    --prefix P --hop-limit N [--pods N] [--pod vpc|eni2|bridge|nested|hostnet ...]
 #                    [--kubepods systemd|cgroupfs] [--runtime containerd|crio|docker]
+#                    [--pod-logs-dir DIR]
 #                    [--emulator PATH|none] [--cgroup-root DIR] [--tokens optional|required]
 #                    [--endpoint enabled|disabled] [--rate-limit RPS]
 #                    [--policy-drop I] [--no-route I] [--ttl-datapath I] [--ttl-datapath-bin PATH]
@@ -423,6 +424,9 @@ env_pod() {
     echo "POD${_i}_CONTAINER_ID='$(cat "$_pd/container_id")'"
     echo "POD${_i}_CONTAINER_CGROUP='$_cgr$(cat "$_pd/container_cgroup_rel")'"
     echo "POD${_i}_CONTAINER_CGROUP_REL='$(cat "$_pd/container_cgroup_rel")'"
+    echo "POD${_i}_EXEC_CGROUP='$_cgr$(cat "$_pd/exec_cgroup_rel")'"
+    echo "POD${_i}_SANDBOX_CGROUP='$_cgr$(cat "$_pd/sandbox_cgroup_rel")'"
+    echo "POD${_i}_SANDBOX_PID='$(cat "$_pd/sandbox_pid")'"
     echo "POD${_i}_IPS='$(cat "$_pd/ips")'"
     echo "POD${_i}_HOPS='$(cat "$_pd/hops")'"
     echo "POD${_i}_REQUIRED_HOP_LIMIT='$(($(cat "$_pd/hops") + 1))'"
@@ -496,6 +500,7 @@ write_env() {
         echo "KUBEPODS='$(cat "$_s/kubepods" 2>/dev/null)'"
         echo "RUNTIME='$(cat "$_s/runtime" 2>/dev/null)'"
         echo "HOST_ROOT='$(cat "$_s/host_root" 2>/dev/null)'"
+        echo "POD_LOGS_DIR='$(cat "$_s/pod_logs_dir" 2>/dev/null)'"
         echo "POD_BRIDGE='$(cat "$_s/pod_bridge" 2>/dev/null)'"
         echo "INJECT_POLICY_DROP='$(inject_list "$_s" policy-drop)'"
         echo "INJECT_NO_ROUTE='$(inject_list "$_s" no-route)'"
@@ -550,12 +555,20 @@ write_k8s_pods_json() {
     done | jq -s . >"$_s/k8s-pods.json" || die "cannot write $_s/k8s-pods.json"
 }
 
-# <host-root>/var/log/pods and var/log/containers, as the kubelet lays them out
+# <host-root>/var/log/pods and var/log/containers, as the kubelet lays them out.  With
+# --pod-logs-dir DIR (the kubelet's podLogsDir), the pod directories are under DIR instead, the
+# links point there, there is no var/log/pods, and var/lib/kubelet/config.yaml says so.
 write_hostroot() {
     _s=$1
     _hr=$2
     _n=$(cat "$_s/pods")
-    mkdir -p "$_hr/var/log/pods" "$_hr/var/log/containers" "$_hr/sys/fs" || die "cannot create $_hr"
+    _pl=$(cat "$_s/pod_logs_dir")
+    mkdir -p "$_hr$_pl" "$_hr/var/log/containers" "$_hr/sys/fs" || die "cannot create $_hr"
+    if [ "$_pl" != /var/log/pods ]; then
+        mkdir -p "$_hr/var/lib/kubelet" || die "cannot create $_hr/var/lib/kubelet"
+        printf 'apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\ncgroupDriver: %s\npodLogsDir: "%s"\n' \
+            "$(cat "$_s/kubepods")" "$_pl" >"$_hr/var/lib/kubelet/config.yaml" || die "cannot write the kubelet config"
+    fi
     # the node's /proc and cgroup2 mount, for a tracer given --host-root
     ln -s /proc "$_hr/proc" || die "cannot create $_hr/proc"
     ln -s "$(cat "$_s/cgroup_root")" "$_hr/sys/fs/cgroup" || die "cannot create $_hr/sys/fs/cgroup"
@@ -567,11 +580,11 @@ write_hostroot() {
         _uid=$(pget "$_s" $_i uid)
         _cn=$(pget "$_s" $_i container_name)
         _cid=$(pget "$_s" $_i container_id)
-        _d=$_hr/var/log/pods/${_kns}_${_nm}_${_uid}/$_cn
+        _d=$_hr$_pl/${_kns}_${_nm}_${_uid}/$_cn
         mkdir -p "$_d" || die "cannot create $_d"
         echo "$_ts stderr F imdstrace testbed: container $_cn of $_kns/$_nm started" >"$_d/0.log"
         # absolute target, as on a node (resolve it below --host-root, do not follow it blindly)
-        ln -s "/var/log/pods/${_kns}_${_nm}_${_uid}/$_cn/0.log" \
+        ln -s "$_pl/${_kns}_${_nm}_${_uid}/$_cn/0.log" \
             "$_hr/var/log/containers/${_nm}_${_kns}_${_cn}-${_cid}.log" || die "cannot create a log symlink"
         _i=$((_i + 1))
     done
@@ -579,6 +592,72 @@ write_hostroot() {
 
 # ---------------------------------------------------------------------------------------------
 # pods
+
+# first_listed DIR NAME...: the NAME a readdir of a directory holding them all returns first.
+# kernfs orders a cgroup directory's entries by a hash of their names, so the order is the
+# names' own: tried in a scratch cgroup below DIR.
+first_listed() {
+    _fd=$1/order-$$
+    shift
+    mkdir "$_fd" || return 1
+    for _fn in "$@"; do mkdir "$_fd/$_fn" || { rmdir "$_fd"/* "$_fd" 2>/dev/null; return 1; }; done
+    # readdir order is the point (a glob would sort); the directory's own files list too
+    # shellcheck disable=SC2012
+    _first=$(ls -f "$_fd" | while read -r _e; do
+        for _fn in "$@"; do [ "$_e" = "$_fn" ] && { echo "$_e"; exit 0; }; done
+    done)
+    for _fn in "$@"; do rmdir "$_fd/$_fn"; done
+    rmdir "$_fd"
+    echo "$_first"
+}
+
+# scope_name S ID [conmon]: the cgroup of a container (or of CRI-O's conmon for it) in this
+# testbed's layout and runtime
+scope_name() {
+    case $(cat "$1/kubepods"):$(cat "$1/runtime"):${3:-} in
+        systemd:containerd:) echo "cri-containerd-$2.scope" ;;
+        systemd:crio:) echo "crio-$2.scope" ;;
+        systemd:crio:conmon) echo "crio-conmon-$2.scope" ;;
+        systemd:docker:) echo "docker-$2.scope" ;;
+        cgroupfs:crio:) echo "crio-$2" ;;
+        cgroupfs:crio:conmon) echo "crio-conmon-$2" ;;
+        cgroupfs:*:) echo "$2" ;;
+        *) echo sandbox ;;
+    esac
+}
+
+# plan_sandbox S I KIND: the pod sandbox's ID and cgroup.  A real node's cgroup order is
+# whatever the IDs hash to; the testbed picks the order that tells a tracer that takes "the
+# first process in the pod's cgroup tree" from one that takes the pod's own: with CRI-O, a
+# conmon scope (the host's network namespace) lists first; for a docker-in-docker pod, its
+# container lists before the sandbox (and inside it, docker/ before init/).
+plan_sandbox() {
+    _s=$1
+    _i=$2
+    _seed=$(str_hash "$(cat "$_s/prefix")")
+    _cid=$(pget "$_s" $_i container_id)
+    _rt=$(cat "$_s/runtime")
+    _try=0
+    while :; do
+        _sid=$(hex_id $(((_seed + _i * 3571 + _try * 7) % 2147483648)) 8)
+        _sbn=$(scope_name "$_s" "$_sid")
+        [ -n "$(cat "$_s/kubepods")" ] || break
+        if [ "$_rt" = crio ]; then
+            _f=$(first_listed "$(cat "$_s/cgroup")" "$_sbn" "$(scope_name "$_s" "$_sid" conmon)" \
+                "$(scope_name "$_s" "$_cid")" "$(scope_name "$_s" "$_cid" conmon)") || die "cannot try cgroup names"
+            case $_f in crio-conmon-*) break ;; esac
+        elif [ "$3" = nested ]; then
+            _f=$(first_listed "$(cat "$_s/cgroup")" "$_sbn" "$(scope_name "$_s" "$_cid")") || die "cannot try cgroup names"
+            [ "$_f" = "$(scope_name "$_s" "$_cid")" ] && break
+        else
+            break
+        fi
+        _try=$((_try + 1))
+        [ $_try -lt 200 ] || die "no sandbox ID found that lists in the wanted order"
+    done
+    pset "$_s" $_i sandbox_id "$_sid"
+    pset "$_s" $_i sandbox_cgroup_rel "$(pget "$_s" $_i cgroup_rel)/$_sbn"
+}
 
 # plan_pod S I KIND KIND_ORDINAL: names, IDs, addresses and cgroups of pod I (no side effects
 # beyond <state>/podI/)
@@ -640,6 +719,8 @@ plan_pod() {
     esac
     pset "$_s" $_i cgroup_rel "$_pcg"
     pset "$_s" $_i container_cgroup_rel "$_ccg"
+    pset "$_s" $_i exec_cgroup_rel "$_ccg"
+    plan_sandbox "$_s" "$_i" "$_kind"
 
     # network
     _hmac=$(printf '02:00:c6:12:%02x:%02x' $((_i / 256)) $((_i % 256)))
@@ -695,9 +776,12 @@ plan_pod() {
         [ "$_v6" = 1 ] && [ "$_nat6" = 1 ] && _iip6=fd00:198:19:$_i::2
         pset "$_s" $_i inner_ip6 "$_iip6"
         pset "$_s" $_i inner_container_id "$_icid"
-        # docker-in-docker: dockerd puts its containers below its own cgroup (cgroupns root)
+        # docker-in-docker as moby's dind entrypoint sets it up: the container's own processes
+        # moved to <container>/init, dockerd's containers in <container>/docker/<id> (the
+        # container's cgroup namespace root)
         if [ -n "$_layout" ]; then
             pset "$_s" $_i inner_cgroup_rel "$_ccg/docker/$_icid"
+            pset "$_s" $_i exec_cgroup_rel "$_ccg/init"
         else
             pset "$_s" $_i inner_cgroup_rel "$_ccg/c1"
         fi
@@ -875,6 +959,7 @@ setup_pod() {
     if [ -f "$_s/pod$_i/inner_cgroup_rel" ]; then
         mkdir -p "$_cgr$(pget "$_s" $_i inner_cgroup_rel)" ||
             die "cannot create cgroup $_cgr$(pget "$_s" $_i inner_cgroup_rel)"
+        start_nested_processes "$_s" "$_i"
     fi
 }
 
@@ -886,22 +971,40 @@ start_sandbox() {
     _s=$1
     _i=$2
     _cgr=$(cat "$_s/cgroup_root")
-    _seed=$(str_hash "$(cat "$_s/prefix")")
-    _sid=$(hex_id $(((_seed + _i * 3571) % 2147483648)) 8)
-    case $(cat "$_s/kubepods"):$(cat "$_s/runtime") in
-        systemd:containerd) _sbn=cri-containerd-$_sid.scope ;;
-        systemd:crio) _sbn=crio-$_sid.scope ;;
-        systemd:docker) _sbn=docker-$_sid.scope ;;
-        cgroupfs:*) _sbn=$_sid ;;
-        *) _sbn=sandbox ;;
-    esac
-    _sbcg=$_cgr$(pget "$_s" $_i cgroup_rel)/$_sbn
+    _sbcg=$_cgr$(pget "$_s" $_i sandbox_cgroup_rel)
     mkdir -p "$_sbcg" || die "cannot create cgroup $_sbcg"
+    hold_netns "$(pget "$_s" $_i netns)" "$_sbcg" sandbox
+    pset "$_s" $_i sandbox_pid "$_held"
+    if [ "$(cat "$_s/runtime")" = crio ] && [ -n "$(cat "$_s/kubepods")" ]; then
+        # CRI-O with conmon_cgroup = "pod" (OpenShift): a conmon per container, in the pod's
+        # cgroup beside it, in the node's network namespace
+        for _id in "$(pget "$_s" $_i sandbox_id)" "$(pget "$_s" $_i container_id)"; do
+            _ccm=$_cgr$(pget "$_s" $_i cgroup_rel)/$(scope_name "$_s" "$_id" conmon)
+            mkdir -p "$_ccm" || die "cannot create cgroup $_ccm"
+            hold_netns "$(cat "$_s/prefix")-node" "$_ccm" conmon
+        done
+    fi
+}
+
+# hold_netns NETNS CGROUP WHAT: a process that only sleeps, in NETNS and CGROUP (sets _held).
+# Ended by 'down' with everything in the testbed's cgroups.
+hold_netns() {
     # shellcheck disable=SC2016
-    $NSENTER --net="$NETNS_DIR/$(pget "$_s" $_i netns)" -- sh -c 'echo $$ >"$1/cgroup.procs" && exec sleep 2147483647' \
-        sandbox "$_sbcg" </dev/null >/dev/null 2>&1 &
-    pset "$_s" $_i sandbox_pid $!
-    pset "$_s" $_i sandbox_cgroup_rel "$(pget "$_s" $_i cgroup_rel)/$_sbn"
+    $NSENTER --net="$NETNS_DIR/$1" -- sh -c 'echo $$ >"$1/cgroup.procs" && exec sleep 2147483647' \
+        "$3" "$2" </dev/null >/dev/null 2>&1 &
+    _held=$!
+}
+
+# A docker-in-docker pod's long-lived processes (moby's layout): dockerd in <container>/init
+# in the pod's network namespace, an inner container in <container>/docker/<id> in its own.
+start_nested_processes() {
+    _s=$1
+    _i=$2
+    _cgr=$(cat "$_s/cgroup_root")
+    [ "$(pget "$_s" $_i exec_cgroup_rel)" != "$(pget "$_s" $_i container_cgroup_rel)" ] || return 0
+    mkdir -p "$_cgr$(pget "$_s" $_i exec_cgroup_rel)" || die "cannot create cgroup $_cgr$(pget "$_s" $_i exec_cgroup_rel)"
+    hold_netns "$(pget "$_s" $_i netns)" "$_cgr$(pget "$_s" $_i exec_cgroup_rel)" dockerd
+    hold_netns "$(pget "$_s" $_i inner_netns)" "$_cgr$(pget "$_s" $_i inner_cgroup_rel)" inner
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -1059,11 +1162,12 @@ up_cleanup() {
 
 cmd_up() {
     prefix='' hop='' emu='' cgroot='' tokens=optional endpoint=enabled rate=0
-    kinds='' layout='' runtime=containerd injects='' tdbin=''
+    kinds='' layout='' runtime=containerd injects='' tdbin='' podlogs=/var/log/pods
     while [ $# -gt 0 ]; do
         case $1 in
             --prefix | --hop-limit | --pods | --emulator | --cgroup-root | --tokens | --endpoint | --rate-limit | \
-                --pod | --kubepods | --runtime | --policy-drop | --no-route | --ttl-datapath | --ttl-datapath-bin)
+                --pod | --kubepods | --runtime | --policy-drop | --no-route | --ttl-datapath | --ttl-datapath-bin | \
+                --pod-logs-dir)
                 [ $# -ge 2 ] || usage_die "$1 needs a value"
                 case $1 in
                     --prefix) prefix=$2 ;;
@@ -1093,6 +1197,11 @@ cmd_up() {
                         injects="$injects ${1#--}:$2"
                         ;;
                     --ttl-datapath-bin) tdbin=$2 ;;
+                    --pod-logs-dir)
+                        case $2 in /*) ;; *) usage_die "up: --pod-logs-dir must be absolute" ;; esac
+                        case $2 in *[!a-zA-Z0-9/_.-]* | */../* | */..) usage_die "up: --pod-logs-dir: plain path components only" ;; esac
+                        podlogs=${2%/}
+                        ;;
                     --emulator) emu=$2 ;;
                     --cgroup-root) cgroot=$2 ;;
                     --tokens) tokens=$2 ;;
@@ -1163,6 +1272,7 @@ cmd_up() {
     echo "$cg" >"$s/cgroup"
     echo "$layout" >"$s/kubepods"
     echo "$runtime" >"$s/runtime"
+    echo "$podlogs" >"$s/pod_logs_dir"
     [ -n "$tdbin" ] && echo "$tdbin" >"$s/ttl_datapath_bin"
     v6=0
     have_ipv6 && v6=1
@@ -1366,7 +1476,7 @@ cmd_exec() {
                     cgdir=$cgr$(pget "$s" "$idx" inner_cgroup_rel)
                 else
                     ns=$(pget "$s" "$idx" netns)
-                    cgdir=$cgr$(pget "$s" "$idx" container_cgroup_rel)
+                    cgdir=$cgr$(pget "$s" "$idx" exec_cgroup_rel)
                 fi
             else
                 # no such pod (or a testbed from an older testbed.sh)

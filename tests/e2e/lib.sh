@@ -62,6 +62,7 @@ testbed_up() {  # testbed_up HOP_LIMIT [extra testbed args...]
         { cat "$WORK/testbed.log" >&2; fail "testbed up failed"; exit 1; }
     # shellcheck disable=SC1090
     . "/run/imdstrace-testbed/$PREFIX/env"
+    DS_CGROUP_DIR="$DS_ROOT/sys/fs/cgroup$CGROUP_REL"
 }
 
 # A second testbed (same addresses, other namespaces: another node on the same machine).
@@ -113,6 +114,69 @@ host_client() {
 }
 
 in_node() { nsenter --net="$NODE_NETNS_PATH" "$@"; }
+
+# The DaemonSet's own setup (deploy/daemonset.yaml): hostNetwork (the node's network
+# namespace), hostPID false (a pid namespace of its own, with its own /proc), a cgroup of its
+# own in the traced tree and a cgroup namespace rooted there (containerd's default on cgroup
+# v2: the container's cgroup is its namespace root), and a mount namespace whose /host holds only what the DaemonSet mounts there, read-only: the host's
+# /proc, /sys/fs/cgroup, /var/log/pods and /var/log/containers (hostPath DirectoryOrCreate: an
+# empty directory where the node has none).  DS_ROOT is that /host (pass it as --host-root).
+# DS_LOGS=0 leaves both log directories empty (names can only come from the API).
+DS_ROOT="$WORK/host"
+DS_CGROUP_DIR=""  # the testbed's cgroup as the DaemonSet sees it (after testbed_up)
+mkdir -p "$DS_ROOT/proc" "$DS_ROOT/sys/fs/cgroup" "$DS_ROOT/var/log/pods" "$DS_ROOT/var/log/containers"
+in_daemonset() (  # a subshell: only it moves into the DaemonSet's cgroup
+    local logs=${HOST_ROOT:-}
+    [[ "${DS_LOGS:-1}" == 1 ]] || logs=""
+    mkdir -p "$CGROUP_DIR/daemonset"
+    echo "$BASHPID" >"$CGROUP_DIR/daemonset/cgroup.procs"
+    # shellcheck disable=SC2016
+    nsenter --net="$NODE_NETNS_PATH" unshare --mount --propagation private --pid --cgroup --fork --kill-child=TERM -- \
+        bash -c 'set -e
+            h=$1 cg=$2 logs=$3; shift 3
+            mount --bind -o ro /proc "$h/proc"        # the host pid namespace'"'"'s procfs, before ours hides it
+            mount --bind -o ro "$cg" "$h/sys/fs/cgroup"
+            for d in var/log/pods var/log/containers; do
+                if [[ -n "$logs" && -d "$logs/$d" ]]; then mount --bind -o ro "$logs/$d" "$h/$d"; fi
+            done
+            mount -t proc proc /proc
+            exec "$@"' daemonset "$DS_ROOT" "$CGROUP_ROOT" "$logs" "$@"
+)
+
+# The imdstrace process below PID (a launcher such as in_daemonset's nsenter/unshare).
+imdstrace_below() {  # imdstrace_below PID
+    local pid=$1 child
+    for _ in $(seq 20); do
+        [[ "$(readlink "/proc/$pid/exe" 2>/dev/null)" == "$(readlink -f "$IMDSTRACE")" ]] && { echo "$pid"; return 0; }
+        child=$(cat /proc/"$pid"/task/*/children 2>/dev/null | awk '{print $1; exit}') || true
+        [[ -n "$child" ]] || return 1
+        pid=$child
+    done
+    return 1
+}
+
+# tracer_start run as the DaemonSet runs it; --host-root and the traced cgroup are the
+# DaemonSet's /host view (DS_ROOT, DS_CGROUP_DIR).
+tracer_start_daemonset() {  # tracer_start_daemonset OUTFILE imdstrace-args...
+    local out=$1; shift
+    rm -f "$WORK/ready"
+    in_daemonset "$IMDSTRACE" "$@" --ready-file "$WORK/ready" >"$out" 2>"$out.err" &
+    TRACER_PID=$!
+    local real=""
+    for _ in $(seq 100); do
+        [[ -n "$real" ]] || real=$(imdstrace_below "$TRACER_PID" || true)
+        if [[ -f "$WORK/ready" && -n "$real" ]]; then
+            EXTRA_PIDS+=("$real")
+            record_programs "$real"
+            return 0
+        fi
+        kill -0 "$TRACER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    cat "$out.err" >&2
+    fail "tracer did not attach"
+    exit 1
+}
 
 pass() { CHECKS=$((CHECKS + 1)); printf '  ok    %s\n' "$*"; }
 fail() { CHECKS=$((CHECKS + 1)); FAILURES=$((FAILURES + 1)); printf '  FAIL  %s\n' "$*"; }

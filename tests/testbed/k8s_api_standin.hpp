@@ -7,7 +7,7 @@
 // they are), or the static mapping format (../shared/DESIGN.md) with optional
 // extras per entry:
 //   {"namespace","name","uid","ips":[..],"cgroup":"...","container":"c",
-//    "container_id":"<hex>","node":"n1","hostNetwork":false}
+//    "container_id":"<hex>","node":"n1","hostNetwork":false,"annotations":{..}}
 // Entries with the same uid are one pod (one container each).  A container ID
 // is taken from "container_id" or else from the cgroup path's last component
 // (cri-containerd-<id>.scope, crio-<id>.scope, docker-<id>.scope, <id>).
@@ -98,6 +98,7 @@ inline json pods_from_file(const json& doc, const std::string& default_node) {
                           {"containers", json::array()}}},
                         {"status",
                          {{"phase", "Running"}, {"podIPs", json::array()}, {"containerStatuses", json::array()}}}};
+            if (e.contains("annotations")) pod["metadata"]["annotations"] = e["annotations"];
             for (const auto& ip : e.value("ips", json::array())) {  // hostNetwork: the node's
                 if (!pod["status"].contains("podIP")) pod["status"]["podIP"] = ip;
                 pod["status"]["podIPs"].push_back({{"ip", ip}});

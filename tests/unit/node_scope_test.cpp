@@ -44,7 +44,7 @@ Observation drop_in(std::uint32_t netns) {
 TEST(NodeScope, OwnNamespaceAndTheTracedTreesAreThisNode) {
     FakeNode n;
     auto pod_ns = n.process("pods/pod1", 4242);
-    NodeScope scope((n.root / "proc").string(), (n.root / "cg").string());
+    NodeScope scope((n.root / "proc").string(), (n.root / "cg").string(), (n.root / "cg").string());
     EXPECT_TRUE(scope.admits(drop_in(scope.own_netns())));
     EXPECT_TRUE(scope.admits(drop_in(pod_ns)));
     EXPECT_EQ(scope.foreign_events(), 0u);
@@ -53,7 +53,7 @@ TEST(NodeScope, OwnNamespaceAndTheTracedTreesAreThisNode) {
 TEST(NodeScope, OtherNamespacesAreIgnoredAndCounted) {
     FakeNode n;
     n.process("pods/pod1", 4242);
-    NodeScope scope((n.root / "proc").string(), (n.root / "cg").string());
+    NodeScope scope((n.root / "proc").string(), (n.root / "cg").string(), (n.root / "cg").string());
     EXPECT_FALSE(scope.admits(drop_in(123456789)));
     auto icmp = drop_in(123456789);
     icmp.hook = Hook::icmp_send;
@@ -70,7 +70,7 @@ TEST(NodeScope, OtherNamespacesAreIgnoredAndCounted) {
 
 TEST(NodeScope, ConnectFromTheTracedTreeTeachesItsNamespace) {
     FakeNode n;
-    NodeScope scope((n.root / "proc").string(), (n.root / "cg").string());
+    NodeScope scope((n.root / "proc").string(), (n.root / "cg").string(), (n.root / "cg").string());
     Observation outside;
     outside.hook = Hook::connect;
     outside.netns = 777;
@@ -87,7 +87,7 @@ TEST(NodeScope, ConnectFromTheTracedTreeTeachesItsNamespace) {
 TEST(NodeScope, WithoutTracedCgroupOnlyItsOwnNamespace) {
     FakeNode n;
     auto pod_ns = n.process("pods/pod1", 4242);
-    NodeScope scope((n.root / "proc").string(), "");
+    NodeScope scope((n.root / "proc").string(), (n.root / "cg").string(), "");
     EXPECT_TRUE(scope.admits(drop_in(scope.own_netns())));
     EXPECT_FALSE(scope.admits(drop_in(pod_ns)));
 }

@@ -311,7 +311,7 @@ TEST(K8sNode, NamesPodsAndContainersFromVarLogPods) {
     ASSERT_TRUE(p);
     EXPECT_EQ(p->ref(), "kube-system/aws-load-balancer-controller-6b7f9c");
     EXPECT_EQ(p->uid, kUid);
-    EXPECT_EQ(p->container, "controller");  // the only container, no link needed
+    EXPECT_EQ(p->container, "");  // no link names that ID: not even a one-container pod's container
     EXPECT_EQ(p->cgroup, "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod" + kUidUs + ".slice");
     EXPECT_TRUE(p->ips.empty());  // no process of the pod to read addresses from
 
@@ -514,6 +514,7 @@ K8sApiOptions fast_options() {
 // The fallback's view: the same pod under another name, so tests can tell who answered.
 std::unique_ptr<K8sNodeResolver> node_fallback(NodeTree& n) {
     n.pod("kube-system", "from-var-log-pods", kUid, {"controller"});
+    n.link("kube-system", "from-var-log-pods", kUid, "controller", kCid);
     return std::make_unique<K8sNodeResolver>(n.options());
 }
 
@@ -806,9 +807,14 @@ TEST(K8sNode, MemoryStaysBoundedUnderChurn) {
     auto log_dir = [&](int i) { return logs + "/churn_pod-" + std::to_string(i) + "_" + uid_of(i); };
     auto ctr_dir = [&](int i) { return cg + pod_dir(i) + "/cri-containerd-" + cid_of(i) + ".scope"; };
     auto pid_dir = [&](int i) { return proc + "/" + std::to_string(100000 + i); };
+    const std::string links = n.root.str() + "/var/log/containers";
+    fs::create_directories(links);
+    auto link_of = [&](int i) { return links + "/pod-" + std::to_string(i) + "_churn_app-" + cid_of(i) + ".log"; };
     auto create = [&](int i) {
         ::mkdir(log_dir(i).c_str(), 0755);
         ::mkdir((log_dir(i) + "/app").c_str(), 0755);
+        ::symlink(("/var/log/pods/churn_pod-" + std::to_string(i) + "_" + uid_of(i) + "/app/0.log").c_str(),
+                  link_of(i).c_str());
         ::mkdir((cg + pod_dir(i)).c_str(), 0755);
         ::mkdir(ctr_dir(i).c_str(), 0755);
         put(ctr_dir(i) + "/cgroup.procs", std::to_string(100000 + i) + "\n");
@@ -820,6 +826,7 @@ TEST(K8sNode, MemoryStaysBoundedUnderChurn) {
     };
     auto remove = [&](int i) {
         ::rmdir((log_dir(i) + "/app").c_str());
+        ::unlink(link_of(i).c_str());
         ::rmdir(log_dir(i).c_str());
         ::unlink((ctr_dir(i) + "/cgroup.procs").c_str());
         ::rmdir(ctr_dir(i).c_str());
@@ -876,4 +883,162 @@ TEST(K8sNode, MemoryStaysBoundedUnderChurn) {
     EXPECT_LE(peak.ip_entries, o.max_ip_entries);
     EXPECT_LE(s.pod_ips, o.max_pods);
     EXPECT_LT(rss_after - rss_before, 4096) << "resolver memory grew with churn";
+}
+
+// ---------------------------------------------------------------------------
+// Where the kubelet keeps pod logs (podLogsDir), and the links alone.
+
+namespace {
+
+// A link as the kubelet writes it with its logs under `logs_dir`.
+void link_into(NodeTree& n, const std::string& logs_dir, const std::string& ns, const std::string& name,
+               const std::string& uid, const std::string& c, const std::string& id) {
+    fs::create_directories(n.root.path / "var/log/containers");
+    fs::create_symlink(logs_dir + "/" + ns + "_" + name + "_" + uid + "/" + c + "/0.log",
+                       n.root.path / "var/log/containers" / (name + "_" + ns + "_" + c + "-" + id + ".log"));
+}
+
+const std::string kCtrCg = "/kubepods/burstable/pod" + kUid + "/" + kCid;
+
+}  // namespace
+
+TEST(K8sNode, PodLogsDirFromTheKubeletsConfig) {
+    struct Case {
+        std::string what, config_file, config;
+    };
+    for (const auto& c : std::vector<Case>{
+             {"kubeadm", "var/lib/kubelet/config.yaml",
+              "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\npodLogsDir: /data/pod-logs\n"},
+             {"EKS (JSON)", "etc/kubernetes/kubelet/config.json",
+              R"({"kind":"KubeletConfiguration","apiVersion":"kubelet.config.k8s.io/v1beta1","podLogsDir":"/data/pod-logs/"})"},
+         }) {
+        SCOPED_TRACE(c.what);
+        NodeTree n;
+        write(n.root.path / c.config_file, c.config);
+        EXPECT_EQ(kubelet_pod_logs_dir(n.root.str()), "/data/pod-logs");
+        write(n.root.path / "data/pod-logs" / ("kube-system_web_" + kUid) / "app/0.log", "");
+        link_into(n, "/data/pod-logs", "kube-system", "web", kUid, "app", kCid);
+        LogCapture logs;
+        K8sNodeResolver r(n.options());
+        r.refresh();
+        auto p = r.by_cgroup(kCtrCg);
+        ASSERT_TRUE(p);
+        EXPECT_EQ(p->ref(), "kube-system/web");
+        EXPECT_EQ(p->container, "app");
+        EXPECT_NE(r.describe().find("/data/pod-logs"), std::string::npos) << r.describe();
+        EXPECT_EQ(logs.count("warning|"), 0) << logs.out.str();
+    }
+    NodeTree none;
+    EXPECT_EQ(kubelet_pod_logs_dir(none.root.str()), "/var/log/pods");
+}
+
+// The DaemonSet mounts /var/log/pods (empty: hostPath DirectoryOrCreate) and
+// /var/log/containers, not the configured directory, nor the kubelet's config.
+TEST(K8sNode, NamesFromTheLinksAloneWhenTheirDirectoryIsNotMounted) {
+    NodeTree n;
+    fs::create_directories(n.logs());
+    const std::string uid2 = "22222222-2222-4222-8222-222222222222";
+    link_into(n, "/data/pod-logs", "kube-system", "web", kUid, "app", kCid);
+    link_into(n, "/data/pod-logs", "ci", "runner", uid2, "runner", std::string(64, 'b'));
+    link_into(n, "/data/pod-logs", "ci", "runner", uid2, "dind", std::string(64, 'd'));
+    LogCapture logs;
+    K8sNodeResolver r(n.options());
+    r.refresh();
+    auto p = r.by_cgroup(kCtrCg);
+    ASSERT_TRUE(p);
+    EXPECT_EQ(p->ref(), "kube-system/web");
+    EXPECT_EQ(p->container, "app");
+    auto q = r.by_cgroup("/kubepods/pod" + uid2 + "/" + std::string(64, 'd') + "/docker/" + std::string(64, 'e'));
+    ASSERT_TRUE(q);
+    EXPECT_EQ(q->ref(), "ci/runner");
+    EXPECT_EQ(q->container, "dind");
+    EXPECT_EQ(r.stats().pods, 2u);
+    EXPECT_EQ(logs.count("host-root right"), 0) << logs.out.str();
+}
+
+// Pods from before a podLogsDir change (still under /var/log/pods) and after it.
+TEST(K8sNode, PodsInTheOldAndTheNewLogDirectory) {
+    NodeTree n;
+    write(n.root.path / "var/lib/kubelet/config.yaml", "podLogsDir: /data/pod-logs\n");
+    const std::string uid2 = "22222222-2222-4222-8222-222222222222";
+    n.pod("default", "old", kUid, {"app"});
+    n.link("default", "old", kUid, "app", kCid);
+    write(n.root.path / "data/pod-logs" / ("default_new_" + uid2) / "app/0.log", "");
+    link_into(n, "/data/pod-logs", "default", "new", uid2, "app", std::string(64, 'b'));
+    K8sNodeResolver r(n.options());
+    EXPECT_EQ(r.by_cgroup(kCtrCg)->ref(), "default/old");
+    EXPECT_EQ(r.by_cgroup("/kubepods/pod" + uid2 + "/" + std::string(64, 'b'))->ref(), "default/new");
+}
+
+// ---------------------------------------------------------------------------
+// A container ID nobody named is no container, even in a one-container pod.
+
+TEST(K8sNode, UnknownContainerIdsNameNoContainer) {
+    NodeTree n;
+    n.pod("default", "web", kUid, {"app"});
+    n.link("default", "web", kUid, "app", kCid);
+    K8sNodeResolver r(n.options());
+    const std::string pod = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod" + kUidUs + ".slice";
+    EXPECT_EQ(r.by_cgroup(pod + "/cri-containerd-" + kCid + ".scope")->container, "app");
+    for (const std::string& other : {pod + "/cri-containerd-" + std::string(64, 'e') + ".scope",  // ephemeral / sandbox
+                                     pod + "/crio-conmon-" + kCid + ".scope",                     // CRI-O's conmon
+                                     pod + "/crio-" + std::string(64, '5') + ".scope",            // CRI-O's infra
+                                     pod}) {
+        SCOPED_TRACE(other);
+        auto p = r.by_cgroup(other);
+        ASSERT_TRUE(p);
+        EXPECT_EQ(p->ref(), "default/web");
+        EXPECT_EQ(p->container, "");
+    }
+}
+
+TEST(K8sApi, UnknownContainerIdsNameNoContainer) {
+    Standin s("ok");
+    NodeTree n;
+    K8sApiResolver r(load_kubeconfig(s.kubeconfig()), fast_options(), node_fallback(n));
+    auto aws_node = r.by_cgroup("/kubepods/pod77777777-7777-4777-8777-777777777777/" + std::string(64, 'e'));
+    ASSERT_TRUE(aws_node);
+    EXPECT_EQ(aws_node->ref(), "kube-system/aws-node-x1");  // one container, "aws-node", no ID listed
+    EXPECT_EQ(aws_node->container, "");
+}
+
+// ---------------------------------------------------------------------------
+// Static pods: the cgroup carries the config hash, the API lists the mirror pod.
+
+TEST(K8sApi, StaticPodsAreTheirMirrorPodsWithoutRelisting) {
+    const std::string hash = "0123456789abcdef0123456789abcdef";
+    const std::string hash2 = "fedcba9876543210fedcba9876543210";
+    Standin s("ok");
+    std::ofstream(s.dir.path / "pods.json") << R"([
+ {"namespace":"kube-system","name":"kube-apiserver-node-1","uid":"99999999-9999-4999-8999-999999999999",
+  "hostNetwork":true,"ips":["198.18.0.2"],"container":"kube-apiserver","container_id":")" +
+                                                   kCid + R"(",
+  "annotations":{"kubernetes.io/config.hash":")" + hash + R"(","kubernetes.io/config.mirror":")" + hash +
+                                                   R"(","kubernetes.io/config.source":"file"}},
+ {"namespace":"kube-system","name":"proxy-from-http-node-1","uid":"aaaaaaaa-9999-4999-8999-999999999999",
+  "ips":["198.18.1.77"],"container":"proxy",
+  "annotations":{"kubernetes.io/config.mirror":")" + hash2 + R"(","kubernetes.io/config.source":"http"}}
+])";
+    NodeTree n;
+    n.pod("kube-system", "kube-apiserver-node-1", hash, {"kube-apiserver"});  // the node's own view
+    auto o = fast_options();
+    o.relist_interval = std::chrono::milliseconds(10000);
+    o.min_miss_relist_interval = std::chrono::milliseconds(100);
+    K8sApiResolver r(load_kubeconfig(s.kubeconfig()), o, std::make_unique<K8sNodeResolver>(n.options()));
+    const auto lists = s.server->requests();
+    const std::string cg = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod" + hash + ".slice/cri-containerd-" + kCid + ".scope";
+    const std::string cg2 = "/kubepods/besteffort/pod" + hash2 + "/" + std::string(64, 'b');
+    for (int i = 0; i < 12; ++i) {  // a transaction every 100 ms for 1.2 s
+        auto p = r.by_cgroup(cg);
+        ASSERT_TRUE(p);
+        EXPECT_EQ(p->ref(), "kube-system/kube-apiserver-node-1");
+        EXPECT_EQ(p->container, "kube-apiserver");
+        auto q = r.by_cgroup(cg2);
+        ASSERT_TRUE(q);
+        EXPECT_EQ(q->ref(), "kube-system/proxy-from-http-node-1");
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    EXPECT_EQ(s.server->requests(), lists) << "a static pod's transactions made the resolver relist";
+    EXPECT_FALSE(r.by_ip(*IpAddr::parse("198.18.0.2")));  // host network: the node's address
+    EXPECT_EQ(r.by_ip(*IpAddr::parse("198.18.1.77"))->ref(), "kube-system/proxy-from-http-node-1");
 }

@@ -19,6 +19,7 @@
 #include <iostream>
 
 #include "cli/output.hpp"
+#include "pods/host_procs.hpp"
 #include "probe/imds_client.hpp"
 #include "sinks/escape.hpp"
 #include "sinks/json.hpp"
@@ -36,72 +37,63 @@ struct Place {
     std::string netns;   // path to a netns file; "" = this process's own
     std::string cgroup;  // relative to the cgroup2 mount; "" = stay where we are
     std::string describe;
+    std::optional<PodInfo> pod;  // --pod: the pod its own transactions belong to
 };
 
-std::string cgroup_of_pid(int pid) {
-    std::ifstream in("/proc/" + std::to_string(pid) + "/cgroup");
-    std::string line;
-    while (std::getline(in, line))
-        if (line.starts_with("0::")) return line.substr(3);
-    return {};
-}
-
-std::optional<int> first_pid_in(const fs::path& dir) {
-    std::error_code ec;
-    std::ifstream procs(dir / "cgroup.procs");
-    int pid;
-    if (procs >> pid) return pid;
-    for (const auto& e : fs::directory_iterator(dir, ec))
-        if (e.is_directory(ec))
-            if (auto p = first_pid_in(e.path())) return p;
-    return std::nullopt;
-}
-
-// A process of pod NS/NAME: the cgroup tree walked top-down, each directory
-// asked of the resolver (the same by_cgroup the tracer attributes with, so
-// every --pods mode works), the first one of that pod with a process wins.
-std::optional<int> pid_of_pod(const std::string& mount, PodResolver& pods, const std::string& ns,
-                              const std::string& name) {
+// The cgroup directory of pod NS/NAME: the cgroup tree walked top-down, each
+// directory asked of the resolver (the same by_cgroup the tracer attributes
+// with, so every --pods mode works); the first one of that pod is its cgroup.
+std::optional<std::pair<std::string, PodInfo>> cgroup_of_pod(const std::string& mount, PodResolver& pods,
+                                                             const std::string& ns, const std::string& name) {
     std::error_code ec;
     for (auto it = fs::recursive_directory_iterator(mount, fs::directory_options::skip_permission_denied, ec);
          !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
         if (!it->is_directory(ec)) continue;
-        auto pod = pods.by_cgroup(it->path().string().substr(mount.size()));
+        auto rel = it->path().string().substr(mount.size());
+        auto pod = pods.by_cgroup(rel);
         if (!pod || pod->namespace_ != ns || pod->name != name) continue;
-        if (auto pid = first_pid_in(it->path())) return pid;
-        it.disable_recursion_pending();
+        // The pod's own cgroup, as the resolver knows it (a container's parent).
+        auto dir = !pod->cgroup.empty() && (rel == pod->cgroup || rel.starts_with(pod->cgroup + "/")) ? pod->cgroup : rel;
+        pod->container.clear();
+        return std::make_pair(dir, *pod);
     }
     return std::nullopt;
 }
 
-Place resolve_place(const ProbeArgs& a, const std::string& cgroup_mount, PodResolver* pods) {
+Place resolve_place(const ProbeArgs& a, const HostProcs& procs, PodResolver* pods) {
     if (!a.pod.empty() && !pods) throw UsageError("--pod needs a pod resolver (--pods)");
     int chosen = (!a.pod.empty()) + (!a.netns.empty()) + (a.pid > 0) + a.host;
     if (chosen == 0)
         throw UsageError("probe needs where to probe from: --pod NS/NAME, --netns PATH or --pid PID "
                          "(or --host to probe from this network namespace itself)");
     if (chosen > 1) throw UsageError("give only one of --pod, --netns, --pid, --host");
-    if (a.host) return Place{"", "", "this network namespace (--host)"};
+    if (a.host) return Place{"", "", "this network namespace (--host)", std::nullopt};
     if (!a.netns.empty()) {
         if (!fs::exists(a.netns)) throw UsageError("--netns " + a.netns + ": no such file");
-        return Place{a.netns, "", "network namespace " + a.netns};
+        return Place{a.netns, "", "network namespace " + a.netns, std::nullopt};
     }
-    int pid = a.pid;
-    std::string label;
+    const auto& mount = procs.cgroup_mount();
+    const auto proc = procs.proc_root() + "/";
     if (!a.pod.empty()) {
         auto slash = a.pod.find('/');
         if (slash == std::string::npos) throw UsageError("--pod expects NAMESPACE/NAME, got \"" + a.pod + "\"");
-        auto p = pid_of_pod(cgroup_mount, *pods, a.pod.substr(0, slash), a.pod.substr(slash + 1));
+        auto pod = cgroup_of_pod(mount, *pods, a.pod.substr(0, slash), a.pod.substr(slash + 1));
+        auto look = procs.look();
+        auto p = pod ? pod_network_process(look, procs, pod->first) : std::nullopt;
         if (!p)
-            throw UsageError("--pod " + a.pod + ": no process of that pod under " + cgroup_mount +
+            throw UsageError("--pod " + a.pod + ": no process of that pod under " + mount +
                              " (check the name and --pods; `imdstrace watch` shows the names it resolves)");
-        pid = *p;
-        label = "pod " + a.pod + " (pid " + std::to_string(pid) + ")";
-    } else {
-        if (!fs::exists("/proc/" + std::to_string(pid))) throw UsageError("--pid " + std::to_string(pid) + ": no such process");
-        label = "pid " + std::to_string(pid);
+        // The pod's own network namespace: not CRI-O's conmon (the host's),
+        // not a container nested inside the pod (pods/host_procs.hpp).
+        return Place{proc + std::to_string(p->pid) + "/ns/net", p->cgroup,
+                     "pod " + a.pod + " (pid " + std::to_string(p->pid) + (p->host_network ? ", host network" : "") + ")",
+                     pod->second};
     }
-    return Place{"/proc/" + std::to_string(pid) + "/ns/net", cgroup_of_pid(pid), label};
+    // --pid: a host pid (what `watch` prints: the kernel's view), read in the host's procfs.
+    if (!fs::exists(proc + std::to_string(a.pid)))
+        throw UsageError("--pid " + std::to_string(a.pid) + ": no such process in " + procs.proc_root());
+    return Place{proc + std::to_string(a.pid) + "/ns/net", procs.cgroup_of(a.pid).value_or(""),
+                 "pid " + std::to_string(a.pid), std::nullopt};
 }
 
 // The child: wait for the tracer, enter the place, talk to IMDS, report
@@ -110,8 +102,16 @@ Place resolve_place(const ProbeArgs& a, const std::string& cgroup_mount, PodReso
     char c;
     if (::read(go, &c, 1) != 1) ::_exit(2);
     if (!place.cgroup.empty()) {
-        std::ofstream procs(cgroup_mount + place.cgroup + "/cgroup.procs");
-        procs << ::getpid() << std::endl;
+        // "0": this process, whatever pid namespace it is in.
+        int fd = ::open((cgroup_mount + place.cgroup + "/cgroup.procs").c_str(), O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || ::write(fd, "0", 1) != 1) {
+            auto msg = nlohmann::json{{"warning", "cannot join the cgroup " + place.cgroup + " (" +
+                                                      std::strerror(errno) + "): its transactions are matched to it by address"}}
+                           .dump() +
+                       "\n";
+            (void)!::write(out, msg.data(), msg.size());
+        }
+        if (fd >= 0) ::close(fd);
     }
     if (!place.netns.empty()) {
         int fd = ::open(place.netns.c_str(), O_RDONLY | O_CLOEXEC);
@@ -144,6 +144,10 @@ std::vector<ProbeStep> read_steps(int fd) {
         auto j = nlohmann::json::parse(line, nullptr, false);
         if (j.is_discarded()) continue;
         if (j.contains("fatal")) throw std::runtime_error(j["fatal"].get<std::string>());
+        if (j.contains("warning")) {
+            spdlog::warn("probe: {}", j["warning"].get<std::string>());
+            continue;
+        }
         steps.push_back(step_from_json(j));
     }
     return steps;
@@ -242,13 +246,15 @@ int run_probe(const ProbeArgs& a, SessionOptions opts, const std::string& output
     if (a.timeout_ms < 50 || a.timeout_ms > 60000) throw UsageError("--timeout-ms must be 50..60000");
 
     const auto mount = locate_cgroup2(opts.host_root()).path;
+    const auto root = opts.host_root() == "/" ? std::string() : opts.host_root();
     std::unique_ptr<PodResolver> pods;
     if (!a.pod.empty()) {
         auto settings = opts.pod_settings;
         settings.cgroup_mount = mount;
         pods = make_pod_resolver(opts.pods, settings);
     }
-    const Place place = resolve_place(a, mount, pods.get());
+    const HostProcs procs(root + "/proc", mount);
+    const Place place = resolve_place(a, procs, pods.get());
 
     ProbeChild probe(place, mount, plan);  // fork before any thread exists
     opts.duration_s.reset();
@@ -263,6 +269,13 @@ int run_probe(const ProbeArgs& a, SessionOptions opts, const std::string& output
     report.target = plan.target.str();
     report.steps = probe.steps();
     report.transactions = own_transactions(std::move(records), report.steps);
+    // They are the probe's own, made from inside the pod: the pod's, even
+    // where the probe could not join its cgroup (a read-only cgroup mount).
+    if (place.pod)
+        for (auto& r : report.transactions)
+            if (std::any_of(report.steps.begin(), report.steps.end(), [&r](const ProbeStep& s) { return s.local == r.client; }) &&
+                (!r.pod || r.pod->uid != place.pod->uid))
+                r.pod = place.pod;
     DiagnosisBuilder builder;
     for (const auto& r : report.transactions) builder.add(r);
     report.diagnosis = builder.build(session.window_s(), session.target_strings());

@@ -28,8 +28,8 @@ std::uint32_t NodeScope::netns_of(const std::string& proc_root, int pid) {
     return static_cast<std::uint32_t>(st.st_ino);
 }
 
-NodeScope::NodeScope(std::string proc_root, std::string traced_cgroup)
-    : proc_root_(std::move(proc_root)), traced_cgroup_(std::move(traced_cgroup)) {
+NodeScope::NodeScope(std::string proc_root, std::string cgroup_mount, std::string traced_cgroup)
+    : procs_(std::move(proc_root), std::move(cgroup_mount)), traced_cgroup_(std::move(traced_cgroup)) {
     // The tracer's own namespace, as the kernel names it (not through a
     // host-root procfs: that is the host's view of *its* processes).
     own_ = netns_of("/proc", 0);
@@ -40,6 +40,14 @@ NodeScope::NodeScope(std::string proc_root, std::string traced_cgroup)
 void NodeScope::rescan(std::uint64_t now_ns) {
     last_scan_ns_ = now_ns;
     if (traced_cgroup_.empty()) return;
+    const auto& mount = procs_.cgroup_mount();
+    if (traced_cgroup_ == mount || traced_cgroup_.starts_with(mount + "/")) {
+        auto look = procs_.look();
+        for (const auto& p : look.in_tree(traced_cgroup_.substr(mount.size()), 64))
+            if (auto ns = netns_of(procs_.proc_root(), static_cast<int>(p.pid))) netns_.insert(ns);
+        return;
+    }
+    // A --cgroup outside the located mount: its own cgroup.procs (pids as this process sees them).
     namespace fs = std::filesystem;
     std::error_code ec;
     auto visit = [this](const fs::path& dir) {
@@ -47,7 +55,7 @@ void NodeScope::rescan(std::uint64_t now_ns) {
         int pid;
         while (procs >> pid)
             if (pid > 0)
-                if (auto ns = netns_of(proc_root_, pid)) netns_.insert(ns);
+                if (auto ns = netns_of("/proc", pid)) netns_.insert(ns);
     };
     visit(traced_cgroup_);
     for (auto it = fs::recursive_directory_iterator(traced_cgroup_, fs::directory_options::skip_permission_denied, ec);

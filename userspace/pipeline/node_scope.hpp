@@ -13,16 +13,18 @@
 #include <unordered_set>
 
 #include "decode/observation.hpp"
+#include "pods/host_procs.hpp"
 
 namespace imdstrace {
 
 class NodeScope {
 public:
-    // `proc_root`: the procfs that holds the traced processes ("/proc", or
-    // <host-root>/proc in a container).  `traced_cgroup`: absolute path of
-    // the cgroup tree the socket hooks trace; "" = none (only the tracer's
-    // own namespace is this node's).
-    NodeScope(std::string proc_root, std::string traced_cgroup);
+    // `proc_root`: the host's procfs ("/proc", or <host-root>/proc in a
+    // container, which may have a pid namespace of its own: host pids are
+    // then found as pods/host_procs.hpp says).  `cgroup_mount`: the cgroup2
+    // mount.  `traced_cgroup`: absolute path of the cgroup tree the socket
+    // hooks trace; "" = none (only the tracer's own namespace is this node's).
+    NodeScope(std::string proc_root, std::string cgroup_mount, std::string traced_cgroup);
 
     // Whether `o` happened on this node.  Connect events of tasks in the
     // traced tree teach it their namespace; a drop or ICMP from a namespace
@@ -40,7 +42,7 @@ public:
 private:
     void rescan(std::uint64_t now_ns);
 
-    std::string proc_root_;
+    HostProcs procs_;
     std::string traced_cgroup_;
     std::uint32_t own_ = 0;
     std::unordered_set<std::uint32_t> netns_;

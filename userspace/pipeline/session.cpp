@@ -216,7 +216,7 @@ void Session::start() {
     const std::string cgroup_dir = socket_hook_cgroup(opts_, mount);
     impl.cgroup_paths = std::make_unique<CgroupPaths>(mount.path);
     const std::string root = opts_.host_root() == "/" ? "" : opts_.host_root();
-    impl.scope = std::make_unique<NodeScope>(root + "/proc", cgroup_dir);
+    impl.scope = std::make_unique<NodeScope>(root + "/proc", mount.path, cgroup_dir);
 
     impl.node_facts.ipv4_forwarding = read_sysctl_flag("/proc/sys/net/ipv4/ip_forward");
     impl.node_facts.ipv6_forwarding = read_sysctl_flag("/proc/sys/net/ipv6/conf/all/forwarding");

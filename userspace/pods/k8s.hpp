@@ -15,6 +15,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "pods/host_procs.hpp"
 #include "pods/resolver.hpp"
 
 namespace imdstrace {
@@ -52,6 +53,10 @@ struct ContainerLogName {
     std::string pod, namespace_, container, container_id;
 };
 std::optional<ContainerLogName> parse_container_log_name(std::string_view filename);
+// Where the kubelet keeps pod log directories below `host_root` ("" = /):
+// podLogsDir of its config file (/var/lib/kubelet/config.yaml,
+// /etc/kubernetes/kubelet/config.json) when readable, else /var/log/pods.
+std::string kubelet_pod_logs_dir(const std::string& host_root);
 // Is there a kubepods tree (either driver) within a few levels below `cgroup_mount`?
 bool has_kubepods_tree(const std::string& cgroup_mount);
 
@@ -69,9 +74,10 @@ struct K8sNodeOptions {
     // Absolute path of the cgroup2 mount whose paths by_cgroup() receives;
     // "" = locate_cgroup2(host_root) (pods/select.hpp).
     std::string cgroup_mount;
-    // procfs used to read pods' network namespaces; "" = /proc.  It must be
-    // the procfs of the pid namespace the cgroup.procs files are read from
-    // (in a container: run with the host's pid namespace).
+    // The host's procfs, where pods' processes and network namespaces are
+    // read; "" = <host_root>/proc.  Host pids come from cgroup.procs when this
+    // process shares that pid namespace, else from its */cgroup files
+    // (pods/host_procs.hpp): the DaemonSet's own pid namespace works.
     std::string proc_root;
     // A miss rescans /var/log/pods (and the kubepods tree for by_ip) at most this often.
     std::chrono::milliseconds min_rescan_interval{1000};
@@ -121,13 +127,11 @@ private:
     bool due(Clock::time_point& last) const;
     void scan_logs(const std::string& relist_uid = "");
     void scan_netns();
-    std::optional<NetPod> read_pod_netns(const std::string& uid, const std::string& pod_cgroup);
-    std::optional<std::int64_t> find_pid(const std::string& abs_dir, int depth) const;
+    std::optional<NetPod> read_pod_netns(const std::string& uid, const std::string& pod_cgroup, HostProcs::Look& look);
     PodInfo info(const Pod& p, const std::string& container_id) const;
     void remember_ips(const NetPod& np);
     std::optional<PodInfo> lookup_locked(const std::string& uid, const std::string& container_id);
     std::optional<PodInfo> ip_lookup_locked(const IpAddr& addr);
-    bool is_host_netns(const std::string& ns) const;
 
     K8sNodeOptions opts_;
     std::string logs_dir_, containers_dir_;
@@ -138,7 +142,7 @@ private:
     Clock::time_point last_log_scan_{}, last_netns_scan_{};
     std::size_t skipped_ = 0;
     std::uint64_t log_scans_ = 0, netns_scans_ = 0;
-    std::vector<std::string> host_netns_;  // "net:[4026531840]": the host's pid 1, and ours
+    std::unique_ptr<HostProcs> procs_;
     bool warned_no_logs_ = false, warned_overflow_ = false;
 };
 
@@ -171,6 +175,7 @@ struct ApiPod {
     PodInfo info;  // namespace, name, uid, ips (container left empty)
     bool host_network = false;
     bool terminated = false;  // phase Succeeded/Failed: its address may be reused
+    std::string mirror_of;    // a mirror pod: the static pod's config hash (its cgroup's UID)
     std::string node;
     std::vector<std::string> containers;                   // spec names
     std::unordered_map<std::string, std::string> by_id;   // container ID (no scheme) -> name

@@ -228,6 +228,8 @@ std::vector<ApiPod> parse_pod_list(const std::string& text, std::string* resourc
         p.info.namespace_ = str_at(meta, "namespace");
         p.info.name = str_at(meta, "name");
         p.info.uid = str_at(meta, "uid");
+        if (meta.contains("annotations") && meta["annotations"].is_object())
+            p.mirror_of = str_at(meta["annotations"], "kubernetes.io/config.mirror");
         if (p.info.namespace_.empty() || p.info.name.empty() || p.info.uid.empty()) {
             spdlog::debug("k8s-api: skipping a pod without namespace, name or uid");
             continue;
@@ -298,6 +300,9 @@ struct K8sApiResolver::Impl {
     mutable std::mutex mu;  // guards the tables and state below
     std::unordered_map<std::string, ApiPod> pods;
     std::map<IpAddr, std::string> ip_to_uid;
+    // A static pod's cgroup carries its config hash; the API lists its mirror
+    // pod under another UID, with the hash in kubernetes.io/config.mirror.
+    std::unordered_map<std::string, std::string> mirror_to_uid;
     bool up = false, warned = false;
     std::uint64_t lists_ok = 0, lists_failed = 0;
 
@@ -434,10 +439,12 @@ struct K8sApiResolver::Impl {
         std::size_t n = f.pods.size();
         pods.clear();
         ip_to_uid.clear();
+        mirror_to_uid.clear();
         for (auto& p : f.pods) {
             if (!p.node.empty() && p.node != node) continue;  // a server that ignores fieldSelector
             if (!p.host_network && !p.terminated)
                 for (const auto& ip : p.info.ips) ip_to_uid[ip] = p.info.uid;
+            if (!p.mirror_of.empty()) mirror_to_uid[p.mirror_of] = p.info.uid;
             auto uid = p.info.uid;
             pods.insert_or_assign(uid, std::move(p));
         }
@@ -475,12 +482,19 @@ struct K8sApiResolver::Impl {
         cv.notify_all();
     }
 
+    // The pod whose cgroup carries `uid` (its own, or the static pod's hash its mirror names).
+    const ApiPod* find(const std::string& uid) const {
+        if (auto it = pods.find(uid); it != pods.end()) return &it->second;
+        if (auto m = mirror_to_uid.find(uid); m != mirror_to_uid.end())
+            if (auto it = pods.find(m->second); it != pods.end()) return &it->second;
+        return nullptr;
+    }
+
     PodInfo info(const ApiPod& p, const std::string& container_id) const {
         PodInfo i = p.info;
         if (!container_id.empty())
             if (auto it = p.by_id.find(container_id); it != p.by_id.end()) i.container = it->second;
-        if (i.container.empty() && p.containers.size() == 1) i.container = p.containers.front();
-        return i;
+        return i;  // only an ID the API named is a container (see k8s_node.cpp)
     }
 };
 
@@ -517,8 +531,8 @@ std::optional<PodInfo> K8sApiResolver::by_cgroup(const std::string& cgroup_path)
         std::lock_guard lk(im.mu);
         up = im.up;
         if (up)
-            if (auto it = im.pods.find(ref->uid); it != im.pods.end()) {
-                auto i = im.info(it->second, ref->container_id);
+            if (auto p = im.find(ref->uid)) {
+                auto i = im.info(*p, ref->container_id);
                 i.cgroup = ref->pod_cgroup;
                 return i;
             }
@@ -529,8 +543,8 @@ std::optional<PodInfo> K8sApiResolver::by_cgroup(const std::string& cgroup_path)
     if (!up) {
         // Down: the last list still names pods by UID correctly.
         std::lock_guard lk(im.mu);
-        if (auto it = im.pods.find(ref->uid); it != im.pods.end()) {
-            auto i = im.info(it->second, ref->container_id);
+        if (auto p = im.find(ref->uid)) {
+            auto i = im.info(*p, ref->container_id);
             i.cgroup = ref->pod_cgroup;
             return i;
         }

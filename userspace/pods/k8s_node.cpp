@@ -12,7 +12,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
+#include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -93,17 +95,11 @@ K8sNodeResolver::K8sNodeResolver(K8sNodeOptions o) : opts_(std::move(o)) {
     auto root = strip_root(opts_.host_root);
     if (opts_.cgroup_mount.empty()) opts_.cgroup_mount = locate_cgroup2(opts_.host_root).path;
     opts_.cgroup_mount = strip_root(opts_.cgroup_mount);
-    if (opts_.proc_root.empty()) opts_.proc_root = "/proc";
+    if (opts_.proc_root.empty()) opts_.proc_root = root + "/proc";
     opts_.proc_root = strip_root(opts_.proc_root);
-    logs_dir_ = root + "/var/log/pods";
+    procs_ = std::make_unique<HostProcs>(opts_.proc_root, opts_.cgroup_mount);
+    logs_dir_ = root + kubelet_pod_logs_dir(root);
     containers_dir_ = root + "/var/log/containers";
-    // A pod sharing one of these network namespaces is host-network: its
-    // addresses are the node's, so it is found by cgroup only.
-    for (const auto& p : {opts_.proc_root + "/1/ns/net", std::string("/proc/self/ns/net")}) {
-        auto ns = read_link(p);
-        if (!ns.empty() && std::find(host_netns_.begin(), host_netns_.end(), ns) == host_netns_.end())
-            host_netns_.push_back(ns);
-    }
 }
 
 void K8sNodeResolver::refresh() {
@@ -138,77 +134,39 @@ bool K8sNodeResolver::due(Clock::time_point& last) const {
     return true;
 }
 
-bool K8sNodeResolver::is_host_netns(const std::string& ns) const {
-    return std::find(host_netns_.begin(), host_netns_.end(), ns) != host_netns_.end();
+// The kubelet's podLogsDir (KubeletConfiguration, 1.29+): from its config
+// file where the node keeps one (kubeadm: /var/lib/kubelet/config.yaml; EKS:
+// /etc/kubernetes/kubelet/config.json), else the default /var/log/pods.
+std::string kubelet_pod_logs_dir(const std::string& root) {
+    for (const char* file : {"/var/lib/kubelet/config.yaml", "/etc/kubernetes/kubelet/config.json"}) {
+        auto text = read_small_file(root + file);
+        if (!text) continue;
+        try {
+            auto doc = YAML::Load(*text);
+            if (doc.IsMap() && doc["podLogsDir"] && doc["podLogsDir"].IsScalar()) {
+                auto dir = doc["podLogsDir"].as<std::string>();
+                while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+                if (dir.starts_with("/") && dir.find("/../") == std::string::npos) return dir;
+            }
+        } catch (const YAML::Exception& e) {
+            spdlog::debug("k8s-node: {}{}: {}", root, file, e.what());
+        }
+    }
+    return "/var/log/pods";
 }
 
 void K8sNodeResolver::scan_logs(const std::string& relist_uid) {
     ++log_scans_;
-    int err = 0;
-    auto entries = list_dir(logs_dir_, &err);
-    if (err) {
-        if (!warned_no_logs_)
-            spdlog::warn("k8s-node: cannot read {} ({}): pods cannot be named from this node; is --host-root right?",
-                         logs_dir_, std::strerror(err));
-        warned_no_logs_ = true;
-        pods_.clear();
-        return;
-    }
-    std::unordered_map<std::string, Pod> fresh;
-    std::unordered_map<std::string, std::vector<std::string>> by_ref;  // "ns/name" -> uids
-    std::size_t skipped = 0;
-    bool overflow = false;
-    for (const auto& [name, dir] : entries) {
-        if (!dir) continue;
-        auto parsed = parse_pod_log_dir(name);
-        if (!parsed) {
-            ++skipped;
-            spdlog::debug("k8s-node: skipping {}/{}: not <namespace>_<name>_<uid>", logs_dir_, name);
-            continue;
-        }
-        if (fresh.size() >= opts_.max_pods) {
-            overflow = true;
-            break;
-        }
-        Pod p;
-        // A pod seen before keeps its container list unless a lookup found
-        // it stale (a container ID nobody named): one directory read per
-        // rescan, not one per pod.
-        if (auto old = pods_.find(parsed->uid);
-            old != pods_.end() && old->second.namespace_ == parsed->namespace_ && old->second.name == parsed->name &&
-            parsed->uid != relist_uid) {
-            p.namespace_ = std::move(old->second.namespace_);
-            p.name = std::move(old->second.name);
-            p.uid = std::move(old->second.uid);
-            p.containers = std::move(old->second.containers);
-            by_ref[p.namespace_ + "/" + p.name].push_back(p.uid);
-            auto uid = p.uid;
-            fresh.insert_or_assign(uid, std::move(p));
-            continue;
-        }
-        p.namespace_ = parsed->namespace_;
-        p.name = parsed->name;
-        p.uid = parsed->uid;
-        for (const auto& [c, cdir] : list_dir(logs_dir_ + "/" + name)) {
-            if (!cdir) continue;
-            if (!container_name_ok(c)) {
-                spdlog::debug("k8s-node: skipping {}/{}/{}: not a container name", logs_dir_, name, c);
-                continue;
-            }
-            p.containers.push_back(c);
-        }
-        std::sort(p.containers.begin(), p.containers.end());
-        by_ref[p.namespace_ + "/" + p.name].push_back(p.uid);
-        auto uid = p.uid;
-        fresh.insert_or_assign(uid, std::move(p));
-    }
-    if (overflow && !warned_overflow_) {
-        spdlog::warn("k8s-node: more than {} pods under {}; only the first {} are attributed", opts_.max_pods,
-                     logs_dir_, opts_.max_pods);
-        warned_overflow_ = true;
-    }
-    // Container IDs -> names, from the kubelet's links (absent on some nodes:
-    // then a pod with a single container still gets its name).
+    const auto root = strip_root(opts_.host_root);
+    // The kubelet's links first: their names give namespace, pod, container
+    // and ID, their targets the pod's log directory (UID included), wherever
+    // the kubelet keeps it (podLogsDir).
+    struct Link {
+        ContainerLogName name;
+        std::string uid, logs_dir;  // from the target, when it parses
+    };
+    std::vector<Link> links;
+    std::vector<std::string> dirs{logs_dir_};
     for (const auto& [file, dir] : list_dir(containers_dir_)) {
         if (dir) continue;
         auto c = parse_container_log_name(file);
@@ -216,23 +174,118 @@ void K8sNodeResolver::scan_logs(const std::string& relist_uid) {
             spdlog::debug("k8s-node: skipping {}/{}: not <pod>_<namespace>_<container>-<id>.log", containers_dir_, file);
             continue;
         }
-        std::string uid;
-        // The link's target names the pod's log directory, UID included:
-        // /var/log/pods/<ns>_<name>_<uid>/<container>/<n>.log
-        auto target = read_link(containers_dir_ + "/" + file);
-        if (!target.empty()) {
-            auto pod_dir = fs::path(target).parent_path().parent_path().filename().string();
-            if (auto d = parse_pod_log_dir(pod_dir); d && d->namespace_ == c->namespace_ && d->name == c->pod)
-                uid = d->uid;
+        Link l{*c, {}, {}};
+        // <logs dir>/<ns>_<name>_<uid>/<container>/<n>.log
+        auto target = fs::path(read_link(containers_dir_ + "/" + file));
+        auto pod_dir = target.parent_path().parent_path();
+        if (auto d = parse_pod_log_dir(pod_dir.filename().string()); d && d->namespace_ == c->namespace_ && d->name == c->pod) {
+            l.uid = d->uid;
+            if (target.is_absolute()) l.logs_dir = root + pod_dir.parent_path().string();
         }
+        if (!l.logs_dir.empty() && std::find(dirs.begin(), dirs.end(), l.logs_dir) == dirs.end() && dirs.size() < 4)
+            dirs.push_back(l.logs_dir);
+        links.push_back(std::move(l));
+    }
+    std::unordered_map<std::string, Pod> fresh;
+    std::unordered_map<std::string, std::vector<std::string>> by_ref;  // "ns/name" -> uids
+    std::size_t skipped = 0;
+    bool overflow = false, any_dir = false;
+    int first_err = 0;
+    for (const auto& logs_dir : dirs) {
+        int err = 0;
+        auto entries = list_dir(logs_dir, &err);
+        if (err) {
+            if (!first_err) first_err = err;
+            continue;
+        }
+        any_dir = true;
+        for (const auto& [name, dir] : entries) {
+            if (!dir) continue;
+            auto parsed = parse_pod_log_dir(name);
+            if (!parsed) {
+                ++skipped;
+                spdlog::debug("k8s-node: skipping {}/{}: not <namespace>_<name>_<uid>", logs_dir, name);
+                continue;
+            }
+            if (fresh.contains(parsed->uid)) continue;
+            if (fresh.size() >= opts_.max_pods) {
+                overflow = true;
+                break;
+            }
+            Pod p;
+            // A pod seen before keeps its container list unless a lookup found
+            // it stale (a container ID nobody named): one directory read per
+            // rescan, not one per pod.
+            if (auto old = pods_.find(parsed->uid);
+                old != pods_.end() && old->second.namespace_ == parsed->namespace_ &&
+                old->second.name == parsed->name && parsed->uid != relist_uid) {
+                p.namespace_ = std::move(old->second.namespace_);
+                p.name = std::move(old->second.name);
+                p.uid = std::move(old->second.uid);
+                p.containers = std::move(old->second.containers);
+            } else {
+                p.namespace_ = parsed->namespace_;
+                p.name = parsed->name;
+                p.uid = parsed->uid;
+                for (const auto& [c, cdir] : list_dir(logs_dir + "/" + name)) {
+                    if (!cdir) continue;
+                    if (!container_name_ok(c)) {
+                        spdlog::debug("k8s-node: skipping {}/{}/{}: not a container name", logs_dir, name, c);
+                        continue;
+                    }
+                    p.containers.push_back(c);
+                }
+                std::sort(p.containers.begin(), p.containers.end());
+            }
+            by_ref[p.namespace_ + "/" + p.name].push_back(p.uid);
+            auto uid = p.uid;
+            fresh.insert_or_assign(uid, std::move(p));
+        }
+    }
+    // Pods whose directory cannot be read here (a podLogsDir the DaemonSet
+    // does not mount): the links alone name them.
+    for (const auto& l : links) {
+        if (l.uid.empty() || fresh.contains(l.uid)) continue;
+        if (fresh.size() >= opts_.max_pods) {
+            overflow = true;
+            break;
+        }
+        Pod p;
+        p.namespace_ = l.name.namespace_;
+        p.name = l.name.pod;
+        p.uid = l.uid;
+        by_ref[p.namespace_ + "/" + p.name].push_back(p.uid);
+        fresh.insert_or_assign(l.uid, std::move(p));
+    }
+    if (!any_dir && links.empty() && !warned_no_logs_) {
+        spdlog::warn("k8s-node: cannot read {} ({}) and there are no links in {}: pods cannot be named from this "
+                     "node; is --host-root right?",
+                     logs_dir_, std::strerror(first_err ? first_err : ENOENT), containers_dir_);
+        warned_no_logs_ = true;
+    } else if (!any_dir && !warned_no_logs_) {
+        spdlog::info("k8s-node: {} cannot be read; naming pods from the links in {}", fmt::join(dirs, ", "),
+                     containers_dir_);
+        warned_no_logs_ = true;
+    }
+    if (overflow && !warned_overflow_) {
+        spdlog::warn("k8s-node: more than {} pods under {}; only the first {} are attributed", opts_.max_pods,
+                     logs_dir_, opts_.max_pods);
+        warned_overflow_ = true;
+    }
+    // Container IDs -> names.
+    for (const auto& l : links) {
+        std::string uid = l.uid;
         if (uid.empty()) {
-            auto it = by_ref.find(c->namespace_ + "/" + c->pod);
+            auto it = by_ref.find(l.name.namespace_ + "/" + l.name.pod);
             if (it == by_ref.end() || it->second.size() != 1) continue;
             uid = it->second.front();
         }
         auto p = fresh.find(uid);
         if (p == fresh.end() || p->second.by_id.size() >= kMaxIdsPerPod) continue;
-        p->second.by_id[c->container_id] = c->container;
+        p->second.by_id[l.name.container_id] = l.name.container;
+        if (std::find(p->second.containers.begin(), p->second.containers.end(), l.name.container) ==
+            p->second.containers.end())
+            p->second.containers.push_back(l.name.container);
     }
     skipped_ = skipped;
     pods_ = std::move(fresh);
@@ -245,7 +298,8 @@ PodInfo K8sNodeResolver::info(const Pod& p, const std::string& container_id) con
     i.uid = p.uid;
     if (!container_id.empty())
         if (auto it = p.by_id.find(container_id); it != p.by_id.end()) i.container = it->second;
-    if (i.container.empty() && p.containers.size() == 1) i.container = p.containers.front();
+    // An ID nobody named (an ephemeral container inside the rescan window,
+    // CRI-O's conmon, the sandbox) is no container, even in a one-container pod.
     return i;
 }
 
@@ -278,7 +332,8 @@ std::optional<PodInfo> K8sNodeResolver::by_cgroup(const std::string& cgroup_path
     pod->cgroup = ref->pod_cgroup;
     auto n = net_.find(ref->uid);
     if (n == net_.end() || n->second.pod_cgroup != ref->pod_cgroup) {
-        if (auto np = read_pod_netns(ref->uid, ref->pod_cgroup)) {
+        auto look = procs_->look();
+        if (auto np = read_pod_netns(ref->uid, ref->pod_cgroup, look)) {
             remember_ips(*np);
             n = net_.find(ref->uid);
         }
@@ -287,43 +342,19 @@ std::optional<PodInfo> K8sNodeResolver::by_cgroup(const std::string& cgroup_path
     return pod;
 }
 
-// A process of the pod, the shallowest first: the pod cgroup itself, then
-// its containers (the sandbox's pause process lives there), then one level
-// below (a container's own sub-cgroups, where a nested container's
-// processes have a network namespace of their own).
-std::optional<std::int64_t> K8sNodeResolver::find_pid(const std::string& dir, int depth) const {
-    std::vector<std::string> level{dir};
-    for (int d = 0; d <= depth && !level.empty(); ++d) {
-        std::vector<std::string> next;
-        for (const auto& cg : level) {
-            if (auto procs = read_small_file(cg + "/cgroup.procs", 1 << 16)) {
-                std::istringstream in(*procs);
-                std::int64_t pid = 0;
-                if (in >> pid && pid > 0) return pid;
-            }
-            if (d < depth)
-                for (const auto& [name, sub] : list_dir(cg))
-                    if (sub) next.push_back(cg + "/" + name);
-        }
-        level = std::move(next);
-    }
-    return std::nullopt;
-}
-
 std::optional<K8sNodeResolver::NetPod> K8sNodeResolver::read_pod_netns(const std::string& uid,
-                                                                         const std::string& pod_cgroup) {
-    auto pid = find_pid(opts_.cgroup_mount + pod_cgroup, 2);
-    if (!pid) return std::nullopt;
-    auto base = opts_.proc_root + "/" + std::to_string(*pid);
-    auto ns = read_link(base + "/ns/net");
-    if (ns.empty()) return std::nullopt;  // gone meanwhile
+                                                                         const std::string& pod_cgroup,
+                                                                         HostProcs::Look& look) {
+    auto proc = pod_network_process(look, *procs_, pod_cgroup);
+    if (!proc || proc->netns.empty()) return std::nullopt;  // no process, or gone meanwhile
     NetPod np;
     np.uid = uid;
     np.pod_cgroup = pod_cgroup;
-    if (is_host_netns(ns)) {
+    if (proc->host_network) {
         np.host_network = true;
         return np;
     }
+    auto base = opts_.proc_root + "/" + std::to_string(proc->pid);
     if (auto fib = read_small_file(base + "/net/fib_trie", 4 << 20)) np.ips = parse_fib_trie_locals(*fib);
     if (auto v6 = read_small_file(base + "/net/if_inet6")) {
         auto more = parse_if_inet6(*v6);
@@ -356,6 +387,7 @@ void K8sNodeResolver::remember_ips(const NetPod& np) {
 void K8sNodeResolver::scan_netns() {
     ++netns_scans_;
     std::unordered_map<std::string, NetPod> fresh;
+    auto look = procs_->look();  // one scan of the host's processes for every pod
     auto walk = [&](auto& self, const std::string& rel, int depth) -> void {
         for (const auto& [name, sub] : list_dir(opts_.cgroup_mount + rel)) {
             if (!sub || fresh.size() >= opts_.max_pods) continue;
@@ -365,7 +397,7 @@ void K8sNodeResolver::scan_netns() {
                 if (ref->pod_cgroup != child) continue;  // below a pod: done with it
                 if (auto old = net_.find(ref->uid); old != net_.end() && old->second.pod_cgroup == child)
                     fresh.insert_or_assign(ref->uid, old->second);
-                else if (auto np = read_pod_netns(ref->uid, child))
+                else if (auto np = read_pod_netns(ref->uid, child, look))
                     fresh.insert_or_assign(ref->uid, std::move(*np));
                 continue;
             }

@@ -601,9 +601,10 @@ first_listed() {
     shift
     mkdir "$_fd" || return 1
     for _fn in "$@"; do mkdir "$_fd/$_fn" || { rmdir "$_fd"/* "$_fd" 2>/dev/null; return 1; }; done
-    # readdir order is the point (a glob would sort); the directory's own files list too
-    # shellcheck disable=SC2012
-    _first=$(ls -f "$_fd" | while read -r _e; do
+    # readdir order is the point (a glob or ls would sort; busybox ls has no -f): find walks
+    # a directory in readdir order, GNU's and busybox's alike
+    _first=$(find "$_fd" -mindepth 1 -maxdepth 1 -type d | while read -r _p; do
+        _e=${_p##*/}
         for _fn in "$@"; do [ "$_e" = "$_fn" ] && { echo "$_e"; exit 0; }; done
     done)
     for _fn in "$@"; do rmdir "$_fd/$_fn"; done

@@ -102,6 +102,7 @@ public:
         const_cast<__u32&>(ro->target_v6_base) = 2;
         auto kf = imdstrace::KernelFeatures::probe();
         const_cast<bool&>(ro->kfree_skb_has_reason) = has_reason.value_or(kf.kfree_skb_reason);
+        const_cast<bool&>(ro->kfree_skb_has_rx_sk) = kf.kfree_skb_rx_sk && has_reason.value_or(true);
         // PROG_TEST_RUN does not apply to tracing programs: load them only
         // when a test asks for the verifier's verdict on them.
         bpf_program__set_autoload(skel_->progs.observe_drop, with_tracepoints);

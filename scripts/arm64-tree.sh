@@ -8,7 +8,7 @@
 #   arm64-tree.sh --cache DIR        prints the tree's path (DIR/arm64/tree) on stdout
 #
 # The tree serves the cross build (headers, libraries, pkg-config and CMake files; see
-# cmake/aarch64-linux-gnu.cmake) and the guest (busybox, iproute2, util-linux, bash, dash, jq,
+# cmake/aarch64-linux-gnu.cmake) and the guest (busybox, iproute2, util-linux, mount, bash, dash, jq,
 # bpftool, nftables, iptables and every library they load). Layout is merged-/usr like Debian
 # (bin, sbin, lib are links into usr/), and no symlink in it is absolute: an absolute link
 # (sbin/ip -> /bin/ip) would resolve to the HOST's x86 file when the guest root is assembled.
@@ -37,7 +37,7 @@ TREE=$BASE/tree
 # What is asked for; the libraries they depend on follow.
 BUILD_PKGS="libbpf-dev libelf-dev zlib1g-dev libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
   libgtest-dev libyaml-cpp-dev libcpp-httplib-dev libcurl4-openssl-dev libstdc++6 libgcc-s1 libc6"
-GUEST_PKGS="busybox-static iproute2 util-linux bash dash jq bpftool nftables iptables"
+GUEST_PKGS="busybox-static iproute2 util-linux mount bash dash jq bpftool nftables iptables"
 # The cross toolchain (libc6-dev-arm64-cross, linux-libc-dev-arm64-cross) has these; a second
 # copy in the tree could only shadow them.
 SKIP='^(libc6-dev|libc-dev-bin|libcrypt-dev|libnsl-dev|libtirpc-dev|linux-libc-dev|libgcc-12-dev|libstdc\+\+-12-dev)$'

@@ -14,7 +14,7 @@
 # it first), the guest's tools and libraries come from Debian's arm64 packages
 # (scripts/arm64-tree.sh) instead of the host, the kernels are linux-image-*-cloud-arm64 and
 # qemu-system-aarch64 runs them (-M virt, TCG). Default cache: DIR/kernels, or BUILD/kernels
-# when DIR is BUILD/arm64. Default timeout: 240 s per kernel (x86_64), 480 s (arm64).
+# when DIR is BUILD/arm64. Default timeout per kernel: 600 s (x86_64), 900 s (arm64), as ctest runs them.
 #
 # Every guest runs imdstrace_bpf_tests (BPF_PROG_TEST_RUN: kernel dependent). The unit tests
 # (imdstrace_unit_tests: userspace logic, the same on every kernel; ~3 minutes under arm64 TCG)
@@ -66,14 +66,14 @@ case "$ARCH" in
     ARCH=x86_64 KARCH=amd64 ELF_MACHINE=003e MULTIARCH=x86_64-linux-gnu
     QEMU=qemu-system-x86_64 QEMU_MACHINE=() CONSOLE=ttyS0
     BPF_TARGET=x86 BPF_ARCH_INCLUDE=/usr/include/x86_64-linux-gnu
-    STRIP=strip SRC_ROOT= DEFAULT_TIMEOUT=240 DEFAULT_UNIT_TESTS=none ;;
+    STRIP=strip SRC_ROOT= DEFAULT_TIMEOUT=600 DEFAULT_UNIT_TESTS=none ;;
   arm64|aarch64)
     # -cpu max emulates pointer authentication slowly (QARMA); the implementation-defined
     # algorithm is as fast as no pauth and keeps the CPU feature set of a Graviton-class core.
     ARCH=arm64 KARCH=arm64 ELF_MACHINE=00b7 MULTIARCH=aarch64-linux-gnu
     QEMU=qemu-system-aarch64 QEMU_MACHINE=(-M virt -cpu max,pauth-impdef=on) CONSOLE=ttyAMA0
     BPF_TARGET=arm64 BPF_ARCH_INCLUDE=/usr/aarch64-linux-gnu/include
-    STRIP=aarch64-linux-gnu-strip SRC_ROOT= DEFAULT_TIMEOUT=480 DEFAULT_UNIT_TESTS=once ;;
+    STRIP=aarch64-linux-gnu-strip SRC_ROOT= DEFAULT_TIMEOUT=900 DEFAULT_UNIT_TESTS=once ;;
   *) die "--arch wants x86_64 or arm64" ;;
 esac
 TIMEOUT=${TIMEOUT:-$DEFAULT_TIMEOUT}

@@ -101,8 +101,12 @@ public:
         }
         const_cast<__u32&>(ro->target_v6_base) = 2;
         auto kf = imdstrace::KernelFeatures::probe();
-        const_cast<bool&>(ro->kfree_skb_has_reason) = has_reason.value_or(kf.kfree_skb_reason);
-        const_cast<bool&>(ro->kfree_skb_has_rx_sk) = kf.kfree_skb_rx_sk && has_reason.value_or(true);
+        // As the tracer configures it (loader/tracer.cpp). The receiving-socket argument (6.11+)
+        // follows the reason (5.17+): a kernel without reasons has neither, and a kernel without
+        // rx_sk (6.1) rejects a program that reads it.
+        const bool reason = has_reason.value_or(kf.kfree_skb_reason);
+        const_cast<bool&>(ro->kfree_skb_has_reason) = reason;
+        const_cast<bool&>(ro->kfree_skb_has_rx_sk) = reason && kf.kfree_skb_rx_sk;
         // PROG_TEST_RUN does not apply to tracing programs: load them only
         // when a test asks for the verifier's verdict on them.
         bpf_program__set_autoload(skel_->progs.observe_drop, with_tracepoints);

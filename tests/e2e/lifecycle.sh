@@ -130,6 +130,7 @@ scenario_usage() {
     nsenter --net="$NODE_NETNS_PATH" "$IMDSTRACE" check >"$WORK/check.out" 2>&1 || rc=$?
     expect_eq "check passes in the node namespace" "$rc" "0"
     expect_grep "check names the uplink" "$WORK/check.out" "uplink 169.254.169.254:80 +via uplink0"
+    expect_grep "check names this machine's architecture" "$WORK/check.out" "^ok +arch +$(uname -m)\$"
     expect_grep "check reports the verifier accepted every program" "$WORK/check.out" "bpf load .*accepted"
 }
 

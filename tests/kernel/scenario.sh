@@ -27,9 +27,17 @@ export REPO=/repo
 
 say "kernel $(uname -r)"
 # Which kernel paths this kernel gets (the guest's own namespace has no uplink).
-imdstrace check 2>&1 | grep -E 'arch|kernel|drop path|icmp path|tc attach|bpf load' | sed 's/^/scenario: check: /'
+imdstrace check >/tmp/check.out 2>&1
+grep -E 'arch|kernel|drop path|icmp path|tc attach|bpf load' /tmp/check.out | sed 's/^/scenario: check: /'
 
 rc=0
+# The binary was built for this guest's architecture, and check says which that is.
+if grep -Eq "^ok +arch +$(uname -m)\$" /tmp/check.out; then
+	say "  ok    check names the architecture, $(uname -m)"
+else
+	say "FAILED: check does not report 'ok arch $(uname -m)'"
+	rc=1
+fi
 # The unit and BPF_PROG_TEST_RUN tests, built for this guest's architecture, on this kernel,
 # as the runner asks (imdstrace.gtests=unit,bpf on the kernel command line; see
 # scripts/kernel-matrix.sh --unit-tests): gtest's own summary is printed; a failed or missing
@@ -40,7 +48,8 @@ for arg in $(cat /proc/cmdline); do
 done
 for t in $(echo "$gtests" | tr ',' ' '); do
 	t=imdstrace_${t}_tests
-	say "== $t"
+	say "== $t (at $(cut -d' ' -f1 /proc/uptime) s)"
+	rm -f /tmp/scenario.rc
 	{ /usr/bin/$t --gtest_brief=1 --gtest_color=no; echo $? >/tmp/scenario.rc; } 2>&1 | sed 's/^/scenario: /'
 	r=$(cat /tmp/scenario.rc 2>/dev/null || echo 1)
 	if [ "$r" != 0 ]; then
@@ -52,8 +61,9 @@ for t in "hop_limit.sh limit1" "hop_limit.sh limit2" "hop_limit.sh ipv6" "lifecy
 	"attribution.sh k8s_node" "failure_modes.sh blocked" "failure_modes.sh cilium" "probe.sh failing" \
 	"scope.sh after_fix" "scope.sh two_nodes" "scope.sh bookkeeping" "scope.sh xff" "scope.sh node_local" \
 	"scope.sh eni2"; do
-	say "== $t"
+	say "== $t (at $(cut -d' ' -f1 /proc/uptime) s)"
 	# dash has no pipefail: the test's status travels through a file.
+	rm -f /tmp/scenario.rc
 	# shellcheck disable=SC2086
 	{ bash /repo/tests/e2e/$t; echo $? >/tmp/scenario.rc; } 2>&1 | sed 's/^/scenario: /'
 	r=$(cat /tmp/scenario.rc 2>/dev/null || echo 1)

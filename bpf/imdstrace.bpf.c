@@ -62,6 +62,49 @@ struct {
 	__type(value, __u32);
 } traced_cgroup SEC(".maps");
 
+/*
+ * Connections followed by their client endpoint: DNAT and REDIRECT (on the
+ * node or in the pod) rewrite the destination and keep the client's
+ * address and port, so a packet, drop or reset of a followed connection is
+ * recognised after its destination changed.  Entered when a client socket
+ * sends its SYN to a target (cgroup egress, before any NAT) or an absolute-
+ * URI metadata request to a proxy.  LRU: bounded, oldest flows give way.
+ */
+struct followed_key {
+	__u8 addr[16]; /* client address as its socket sent (IPv4: first 4 bytes) */
+	__be16 port;   /* client port, network order */
+	__u8 family;   /* enum imds_family */
+	__u8 pad;
+};
+
+struct followed_flow {
+	__u64 ts_ns;
+	__u8 target_index; /* the target the client asked for */
+	__u8 via_proxy;    /* an absolute-URI request to an HTTP proxy */
+	__u8 pad[6];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct followed_key);
+	__type(value, struct followed_flow);
+} followed SEC(".maps");
+
+/*
+ * Set once a flow is followed / a proxied request was seen: until then no
+ * program pays for a lookup (most nodes never DNAT metadata traffic and
+ * never proxy it).
+ */
+volatile __u32 following = 0;
+volatile __u32 proxied = 0;
+
+#define IMDS_AF_INET_KERNEL 2
+#define IMDS_AF_INET6_KERNEL 10
+
+/* Look for absolute-URI metadata requests in pods' TCP payloads (rodata). */
+const volatile bool detect_proxy = true;
+
 static __always_inline void count(__u8 hook, __u32 what)
 {
 	__u32 key = (__u32)hook * IMDS_CNT_MAX + what;
@@ -231,77 +274,15 @@ static __always_inline void submit(struct imds_event *e, __u8 hook)
 	count(hook, IMDS_CNT_EMITTED);
 }
 
-/*
- * Target traffic seen by an skb program.  `from_target` says which address
- * the fast path matched: the source (ingress hooks) or the destination.
- */
-static __attribute__((noinline)) int observe_target(struct __sk_buff *skb, __u32 l3_off, __u8 hook,
-						    bool from_target, bool ipv6)
+/* The TCP payload's first bytes, what the skb holds, at most IMDS_PAYLOAD_MAX. */
+static __always_inline void copy_payload(struct imds_event *e, struct __sk_buff *skb, __u32 l3_off,
+					 const struct l3_info *l3, const struct tcphdr *th)
 {
-	struct pkt_src src = { .skb = skb, .l3_off = l3_off };
-	struct l3_info l3 = {}, inner = {};
-	struct tcphdr th = {};
-	struct imds_event *e;
-	__u8 icmp_type = 0, icmp_code = 0, dir;
-	__u32 idx, payload_off, payload_len;
+	__u32 payload_off = l3->l4_off + th->doff * 4;
+	__u32 payload_len = l3->l4_len > th->doff * 4 ? l3->l4_len - th->doff * 4 : 0;
 	__u64 n, avail;
 
-	if (ipv6 ? parse_ipv6(&src, &l3) : parse_ipv4(&src, &l3))
-		return 0;
-	idx = match_addr(l3.family, from_target ? l3.saddr : l3.daddr);
-	if (idx == IMDS_NO_TARGET)
-		return 0;
-
-	if (l3.proto == IPPROTO_TCP) {
-		if (pkt_load(&src, l3.l4_off, &th, sizeof(th)))
-			return 0;
-		/* A data offset below the fixed header is not TCP any stack
-		 * accepts; the payload offset derived from it would be bogus. */
-		if (th.doff < 5)
-			return 0;
-		if (!port_matches(l3.family, idx, from_target ? th.source : th.dest))
-			return 0;
-		dir = from_target ? IMDS_DIR_FROM_TARGET : IMDS_DIR_TO_TARGET;
-	} else if (!from_target && (l3.proto == IPPROTO_ICMP || l3.proto == IPPROTO_ICMPV6)) {
-		idx = parse_icmp_quote(&src, &l3, &inner, &th, &icmp_type, &icmp_code);
-		if (idx == IMDS_NO_TARGET)
-			return 0;
-		dir = IMDS_DIR_ICMP_ABOUT;
-	} else {
-		return 0;
-	}
-
-	count(hook, IMDS_CNT_SEEN);
-	e = reserve(hook);
-	if (!e)
-		return 0;
-	e->ifindex = skb->ifindex;
-	e->direction = dir;
-	e->target_index = target_table_index(l3.family, idx);
-	if (hook == IMDS_HOOK_CGROUP_EGRESS || hook == IMDS_HOOK_CGROUP_INGRESS)
-		e->cgroup_id = bpf_skb_cgroup_id(skb);
-	e->sk_cookie = bpf_get_socket_cookie(skb);
-	if (e->sk_cookie)
-		e->flags |= IMDS_F_SK_PRESENT;
-
-	if (dir == IMDS_DIR_ICMP_ABOUT) {
-		copy_l3(e, &inner);
-		e->ip_proto = l3.proto; /* the carrier is ICMP; the quote is TCP */
-		e->flags |= IMDS_F_ICMP_QUOTE;
-		e->icmp_type = icmp_type;
-		e->icmp_code = icmp_code;
-		fill_tcp(e, &th);
-		e->tcp_flags = 0; /* only 8 quoted bytes are guaranteed */
-		submit(e, hook);
-		return 0;
-	}
-
-	copy_l3(e, &l3);
-	fill_tcp(e, &th);
-	payload_off = l3.l4_off + th.doff * 4;
-	payload_len = l3.l4_len > th.doff * 4 ? l3.l4_len - th.doff * 4 : 0;
 	e->payload_len = payload_len;
-	/* Copy what the skb holds, at most IMDS_PAYLOAD_MAX bytes. */
 	avail = skb->len;
 	avail = avail > (__u64)l3_off + payload_off ? avail - l3_off - payload_off : 0;
 	n = payload_len;
@@ -323,37 +304,299 @@ static __attribute__((noinline)) int observe_target(struct __sk_buff *skb, __u32
 	/* Longer than the copy, or the skb holds less than the IP length says. */
 	if (e->copied < payload_len)
 		e->flags |= IMDS_F_TRUNCATED;
+}
+
+static __always_inline void followed_key_of(struct followed_key *k, __u8 family, const __u8 *addr, __be16 port)
+{
+	__builtin_memcpy(k->addr, addr, 16);
+	k->port = port;
+	k->family = family;
+	k->pad = 0;
+}
+
+/* Follow a client endpoint from now on (see the map `followed`). */
+static __always_inline void follow(const struct l3_info *l3, __be16 client_port, __u8 target_index,
+				   bool via_proxy)
+{
+	struct followed_key k;
+	struct followed_flow f = {};
+
+	followed_key_of(&k, l3->family, l3->saddr, client_port);
+	f.ts_ns = bpf_ktime_get_ns();
+	f.target_index = target_index;
+	f.via_proxy = via_proxy;
+	bpf_map_update_elem(&followed, &k, &f, BPF_ANY);
+	if (!following)
+		following = 1;
+	if (via_proxy && !proxied)
+		proxied = 1;
+}
+
+/*
+ * A socket of this machine sends FROM a target address: it answers for
+ * the metadata endpoint (a node-local agent on its own address, or a proxy
+ * the request was DNATed or REDIRECTed to; cgroup egress runs after
+ * POSTROUTING, so the reply is already un-NATed).  Its own bound address
+ * says which.
+ */
+static __always_inline void note_answering_socket(struct imds_event *e, struct __sk_buff *skb)
+{
+	struct bpf_sock *sk = skb->sk;
+
+	if (!sk)
+		return;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return;
+	if (sk->family == IMDS_AF_INET_KERNEL) {
+		__u32 a = sk->src_ip4;
+
+		__builtin_memcpy(e->sock_addr, &a, 4);
+	} else {
+		__u32 a[4];
+
+		a[0] = sk->src_ip6[0];
+		a[1] = sk->src_ip6[1];
+		a[2] = sk->src_ip6[2];
+		a[3] = sk->src_ip6[3];
+		__builtin_memcpy(e->sock_addr, a, 16);
+	}
+	e->sock_port = bpf_htons((__u16)sk->src_port);
+}
+
+/*
+ * Target traffic seen by an skb program.  `from_target` says which address
+ * the fast path matched: the source (ingress hooks) or the destination.
+ */
+static __attribute__((noinline)) int observe_target(struct __sk_buff *skb, __u32 l3_off, __u8 hook,
+						    bool from_target, bool ipv6)
+{
+	struct pkt_src src = { .skb = skb, .l3_off = l3_off };
+	struct l3_info l3 = {}, inner = {};
+	struct tcphdr th = {};
+	struct imds_event *e;
+	__u8 icmp_type = 0, icmp_code = 0, dir;
+	__u32 idx;
+
+	if (ipv6 ? parse_ipv6(&src, &l3) : parse_ipv4(&src, &l3))
+		return 0;
+	idx = match_addr(l3.family, from_target ? l3.saddr : l3.daddr);
+	if (idx == IMDS_NO_TARGET)
+		return 0;
+
+	/* From here on the packet is target traffic (1), observed or not. */
+	if (l3.proto == IPPROTO_TCP) {
+		if (pkt_load(&src, l3.l4_off, &th, sizeof(th)))
+			return 0;
+		/* A data offset below the fixed header is not TCP any stack
+		 * accepts; the payload offset derived from it would be bogus. */
+		if (th.doff < 5)
+			return 1;
+		if (!port_matches(l3.family, idx, from_target ? th.source : th.dest))
+			return 1;
+		dir = from_target ? IMDS_DIR_FROM_TARGET : IMDS_DIR_TO_TARGET;
+	} else if (!from_target && (l3.proto == IPPROTO_ICMP || l3.proto == IPPROTO_ICMPV6)) {
+		idx = parse_icmp_quote(&src, &l3, &inner, &th, &icmp_type, &icmp_code);
+		if (idx == IMDS_NO_TARGET)
+			return 1;
+		dir = IMDS_DIR_ICMP_ABOUT;
+	} else {
+		return 1;
+	}
+
+	count(hook, IMDS_CNT_SEEN);
+	e = reserve(hook);
+	if (!e)
+		return 1;
+	e->ifindex = skb->ifindex;
+	e->direction = dir;
+	e->target_index = target_table_index(l3.family, idx);
+	if (hook == IMDS_HOOK_CGROUP_EGRESS || hook == IMDS_HOOK_CGROUP_INGRESS)
+		e->cgroup_id = bpf_skb_cgroup_id(skb);
+	e->sk_cookie = bpf_get_socket_cookie(skb);
+	if (e->sk_cookie)
+		e->flags |= IMDS_F_SK_PRESENT;
+
+	if (dir == IMDS_DIR_ICMP_ABOUT) {
+		copy_l3(e, &inner);
+		e->ip_proto = l3.proto; /* the carrier is ICMP; the quote is TCP */
+		e->flags |= IMDS_F_ICMP_QUOTE;
+		e->icmp_type = icmp_type;
+		e->icmp_code = icmp_code;
+		fill_tcp(e, &th);
+		e->tcp_flags = 0; /* only 8 quoted bytes are guaranteed */
+		submit(e, hook);
+		return 1;
+	}
+
+	if (hook == IMDS_HOOK_CGROUP_EGRESS) {
+		if (dir == IMDS_DIR_FROM_TARGET)
+			note_answering_socket(e, skb);
+		else if (th.syn && !th.ack)
+			follow(&l3, th.source, e->target_index, false);
+	}
+	copy_l3(e, &l3);
+	fill_tcp(e, &th);
+	copy_payload(e, skb, l3_off, &l3, &th);
+	submit(e, hook);
+	return 1;
+}
+
+/*
+ * "GET http://169.254.1" / "PUT http://[fd00:ec2": the first 20 bytes of an
+ * absolute-URI request (RFC 9112 3.2.2, what a client sends to an HTTP
+ * proxy) for 169.254.169.254 or 169.254.170.23, or fd00:ec2::254/::23.
+ * Which target exactly, userspace reads from the URI.
+ */
+static __always_inline bool absolute_uri_to_target(const __u8 *h, __u8 *target_index)
+{
+	const char *m = (const char *)h;
+
+	if (!((m[0] == 'G' && m[1] == 'E' && m[2] == 'T') || (m[0] == 'P' && m[1] == 'U' && m[2] == 'T')))
+		return false;
+	if (m[3] != ' ' || m[4] != 'h' || m[5] != 't' || m[6] != 't' || m[7] != 'p' || m[8] != ':' ||
+	    m[9] != '/' || m[10] != '/')
+		return false;
+	if (m[11] == '1' && m[12] == '6' && m[13] == '9' && m[14] == '.' && m[15] == '2' && m[16] == '5' &&
+	    m[17] == '4' && m[18] == '.' && m[19] == '1') {
+		*target_index = 0;
+		return n_targets_v4 > 0;
+	}
+	if (m[11] == '[' && m[12] == 'f' && m[13] == 'd' && m[14] == '0' && m[15] == '0' && m[16] == ':' &&
+	    m[17] == 'e' && m[18] == 'c' && m[19] == '2') {
+		*target_index = target_v6_base;
+		return n_targets_v6 > 0;
+	}
+	return false;
+}
+
+/*
+ * A pod's TCP segment that is not to or from a target: the first segment
+ * of an absolute-URI metadata request to an HTTP proxy, or a packet of a
+ * connection that carried one (followed by its client endpoint).
+ */
+static __attribute__((noinline)) int observe_proxied(struct __sk_buff *skb, __u32 l3_off, __u8 hook, bool ipv6)
+{
+	struct pkt_src src = { .skb = skb, .l3_off = l3_off };
+	bool egress = hook == IMDS_HOOK_CGROUP_EGRESS;
+	struct followed_flow *flow = NULL;
+	struct l3_info l3 = {};
+	struct tcphdr th = {};
+	struct followed_key k;
+	struct imds_event *e;
+	__u8 head[20], idx = 0;
+	__u32 payload_off;
+
+	if (ipv6 ? parse_ipv6(&src, &l3) : parse_ipv4(&src, &l3))
+		return 0;
+	if (l3.proto != IPPROTO_TCP || pkt_load(&src, l3.l4_off, &th, sizeof(th)) || th.doff < 5)
+		return 0;
+	if (proxied) {
+		if (egress)
+			followed_key_of(&k, l3.family, l3.saddr, th.source);
+		else
+			followed_key_of(&k, l3.family, l3.daddr, th.dest);
+		flow = bpf_map_lookup_elem(&followed, &k);
+		if (flow && !flow->via_proxy)
+			return 0;
+	}
+	if (!flow) {
+		if (!egress || !detect_proxy)
+			return 0;
+		payload_off = l3.l4_off + th.doff * 4;
+		if (l3.l4_len < th.doff * 4 + sizeof(head) || pkt_load(&src, payload_off, head, sizeof(head)))
+			return 0;
+		if (!absolute_uri_to_target(head, &idx))
+			return 0;
+		follow(&l3, th.source, idx, true);
+	} else {
+		idx = flow->target_index;
+	}
+
+	count(hook, IMDS_CNT_SEEN);
+	e = reserve(hook);
+	if (!e)
+		return 0;
+	e->ifindex = skb->ifindex;
+	e->direction = egress ? IMDS_DIR_TO_TARGET : IMDS_DIR_FROM_TARGET;
+	e->target_index = idx;
+	e->flags |= IMDS_F_VIA_PROXY;
+	e->cgroup_id = bpf_skb_cgroup_id(skb);
+	e->sk_cookie = bpf_get_socket_cookie(skb);
+	if (e->sk_cookie)
+		e->flags |= IMDS_F_SK_PRESENT;
+	copy_l3(e, &l3);
+	fill_tcp(e, &th);
+	copy_payload(e, skb, l3_off, &l3, &th);
 	submit(e, hook);
 	return 0;
 }
 
 /*
- * The fast path every packet of the node pays: one bounds check, one
- * address load, compare against the targets.  Non-linear heads fall back
- * to the full parser, which copies the header out.
+ * The fast path every packet of the node pays: one bounds check, address
+ * loads, compares against the targets.  Non-linear heads fall back to the
+ * full parser, which copies the header out.  cgroup egress also catches a
+ * local socket answering FROM a target address, and (TCP segments with a
+ * payload, or every TCP packet once a pod was seen using a proxy) requests
+ * to an HTTP proxy; cgroup ingress, once a proxy was seen, the proxy's
+ * answers.
  */
 static __always_inline void observe_skb(struct __sk_buff *skb, __u32 l3_off, __u8 hook, bool from_target)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
+	bool cgroup_egress = hook == IMDS_HOOK_CGROUP_EGRESS;
+	bool cgroup_ingress = hook == IMDS_HOOK_CGROUP_INGRESS;
 
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
 		struct iphdr *iph = data + l3_off;
 
-		if ((void *)(iph + 1) <= data_end &&
-		    match_v4_addr(from_target ? iph->saddr : iph->daddr) == IMDS_NO_TARGET)
+		if ((void *)(iph + 1) > data_end) {
+			if (observe_target(skb, l3_off, hook, from_target, false) || !cgroup_egress)
+				return;
+			observe_target(skb, l3_off, hook, true, false);
 			return;
-		observe_target(skb, l3_off, hook, from_target, false);
+		}
+		if (match_v4_addr(from_target ? iph->saddr : iph->daddr) != IMDS_NO_TARGET) {
+			observe_target(skb, l3_off, hook, from_target, false);
+			return;
+		}
+		if (cgroup_egress && match_v4_addr(iph->saddr) != IMDS_NO_TARGET) {
+			observe_target(skb, l3_off, hook, true, false);
+			return;
+		}
+		if (iph->protocol != IPPROTO_TCP)
+			return;
+		/* 40: a TCP header and 20 bytes, the least an absolute-URI request head needs. */
+		if ((cgroup_egress && (proxied || (detect_proxy && bpf_ntohs(iph->tot_len) >= iph->ihl * 4 + 40))) ||
+		    (cgroup_ingress && proxied))
+			observe_proxied(skb, l3_off, hook, false);
 	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = data + l3_off;
 
 		if (n_targets_v6 == 0)
 			return;
-		if ((void *)(ip6 + 1) <= data_end &&
-		    match_v6_addr(from_target ? (const __u32 *)&ip6->saddr : (const __u32 *)&ip6->daddr) ==
-			    IMDS_NO_TARGET)
+		if ((void *)(ip6 + 1) > data_end) {
+			if (observe_target(skb, l3_off, hook, from_target, true) || !cgroup_egress)
+				return;
+			observe_target(skb, l3_off, hook, true, true);
 			return;
-		observe_target(skb, l3_off, hook, from_target, true);
+		}
+		if (match_v6_addr(from_target ? (const __u32 *)&ip6->saddr : (const __u32 *)&ip6->daddr) !=
+		    IMDS_NO_TARGET) {
+			observe_target(skb, l3_off, hook, from_target, true);
+			return;
+		}
+		if (cgroup_egress && match_v6_addr((const __u32 *)&ip6->saddr) != IMDS_NO_TARGET) {
+			observe_target(skb, l3_off, hook, true, true);
+			return;
+		}
+		/* Extension headers are not walked: a proxied request behind one is missed. */
+		if (ip6->nexthdr != IPPROTO_TCP)
+			return;
+		if ((cgroup_egress && (proxied || (detect_proxy && bpf_ntohs(ip6->payload_len) >= 40))) ||
+		    (cgroup_ingress && proxied))
+			observe_proxied(skb, l3_off, hook, true);
 	}
 }
 
@@ -431,13 +674,23 @@ static __always_inline __u32 kernel_skb_netns(struct sk_buff *skb, struct sock *
 	return 0;
 }
 
-/* Match a kernel skb against the targets in either direction. */
+/*
+ * Match a kernel skb against the targets in either direction, else (once
+ * a connection is followed) against the followed client endpoints: a
+ * packet whose destination DNAT rewrote, or the reply of the answering
+ * socket before un-NAT.  *followed_idx is the target table index of a
+ * followed match, IMDS_NO_TARGET otherwise.
+ */
 static __always_inline int classify_kernel_skb(struct sk_buff *skb, struct l3_info *l3, struct tcphdr *th,
-					       __u32 *idx, __u8 *dir)
+					       __u32 *idx, __u8 *dir, __u8 *followed_idx, __u8 *via_proxy)
 {
+	struct followed_flow *flow;
+	struct followed_key k;
 	struct pkt_src src = {};
 	__u8 version;
 
+	*followed_idx = IMDS_NO_TARGET;
+	*via_proxy = 0;
 	if (kernel_skb_l3(skb, &src, &version))
 		return -1;
 	if (version == 4) {
@@ -456,26 +709,44 @@ static __always_inline int classify_kernel_skb(struct sk_buff *skb, struct l3_in
 	if (*idx == IMDS_NO_TARGET) {
 		*dir = IMDS_DIR_TO_TARGET;
 		*idx = match_addr(l3->family, l3->daddr);
-		if (*idx == IMDS_NO_TARGET)
-			return -1;
 	}
+	if (*idx == IMDS_NO_TARGET && !following)
+		return -1;
 	if (pkt_load(&src, l3->l4_off, th, sizeof(*th)))
 		return -1;
-	if (!port_matches(l3->family, *idx, *dir == IMDS_DIR_FROM_TARGET ? th->source : th->dest))
+	if (*idx != IMDS_NO_TARGET)
+		return port_matches(l3->family, *idx, *dir == IMDS_DIR_FROM_TARGET ? th->source : th->dest) ? 0 : -1;
+
+	followed_key_of(&k, l3->family, l3->saddr, th->source);
+	*dir = IMDS_DIR_TO_TARGET;
+	flow = bpf_map_lookup_elem(&followed, &k);
+	if (!flow) {
+		followed_key_of(&k, l3->family, l3->daddr, th->dest);
+		*dir = IMDS_DIR_FROM_TARGET;
+		flow = bpf_map_lookup_elem(&followed, &k);
+	}
+	if (!flow)
 		return -1;
+	*followed_idx = flow->target_index;
+	*via_proxy = flow->via_proxy;
 	return 0;
 }
 
 static __always_inline void fill_kernel_event(struct imds_event *e, struct sk_buff *skb,
 					      const struct l3_info *l3, const struct tcphdr *th, __u32 idx,
-					      __u8 dir, struct sock *rx_sk)
+					      __u8 dir, __u8 followed_idx, __u8 via_proxy, struct sock *rx_sk)
 {
 	struct net_device *dev = BPF_CORE_READ(skb, dev);
 
 	copy_l3(e, l3);
 	fill_tcp(e, th);
 	e->direction = dir;
-	e->target_index = target_table_index(l3->family, idx);
+	if (followed_idx != IMDS_NO_TARGET) {
+		e->target_index = followed_idx;
+		e->flags |= via_proxy ? IMDS_F_VIA_PROXY : IMDS_F_FOLLOWED;
+	} else {
+		e->target_index = target_table_index(l3->family, idx);
+	}
 	if (dev) {
 		e->ifindex = BPF_CORE_READ(dev, ifindex);
 		/* ifindexes repeat across namespaces: the name, read here, is
@@ -502,7 +773,7 @@ int BPF_PROG(observe_drop, struct sk_buff *skb, void *location)
 	struct tcphdr th = {};
 	struct imds_event *e;
 	__u32 reason = 0, idx;
-	__u8 dir;
+	__u8 dir, followed_idx, via_proxy;
 
 	if (kfree_skb_has_reason) {
 		reason = (__u32)ctx[2];
@@ -510,7 +781,7 @@ int BPF_PROG(observe_drop, struct sk_buff *skb, void *location)
 		    reason == bpf_core_enum_value(enum skb_drop_reason, SKB_CONSUMED))
 			return 0;
 	}
-	if (classify_kernel_skb(skb, &l3, &th, &idx, &dir))
+	if (classify_kernel_skb(skb, &l3, &th, &idx, &dir, &followed_idx, &via_proxy))
 		return 0;
 
 	count(IMDS_HOOK_DROP, IMDS_CNT_SEEN);
@@ -518,7 +789,8 @@ int BPF_PROG(observe_drop, struct sk_buff *skb, void *location)
 	e = reserve(IMDS_HOOK_DROP);
 	if (!e)
 		return 0;
-	fill_kernel_event(e, skb, &l3, &th, idx, dir, kfree_skb_has_rx_sk ? (struct sock *)ctx[3] : NULL);
+	fill_kernel_event(e, skb, &l3, &th, idx, dir, followed_idx, via_proxy,
+			  kfree_skb_has_rx_sk ? (struct sock *)ctx[3] : NULL);
 	e->location = (__u64)location;
 	e->drop_reason = reason;
 	if (kfree_skb_has_reason)
@@ -540,15 +812,15 @@ int BPF_PROG(observe_icmp_send, struct sk_buff *skb, int type, int code)
 	struct tcphdr th = {};
 	struct imds_event *e;
 	__u32 idx;
-	__u8 dir;
+	__u8 dir, followed_idx, via_proxy;
 
-	if (classify_kernel_skb(skb, &l3, &th, &idx, &dir))
+	if (classify_kernel_skb(skb, &l3, &th, &idx, &dir, &followed_idx, &via_proxy))
 		return 0;
 	count(IMDS_HOOK_ICMP_SEND, IMDS_CNT_SEEN);
 	e = reserve(IMDS_HOOK_ICMP_SEND);
 	if (!e)
 		return 0;
-	fill_kernel_event(e, skb, &l3, &th, idx, dir, NULL);
+	fill_kernel_event(e, skb, &l3, &th, idx, dir, followed_idx, via_proxy, NULL);
 	e->icmp_type = type;
 	e->icmp_code = code;
 	submit(e, IMDS_HOOK_ICMP_SEND);
@@ -562,8 +834,6 @@ int BPF_PROG(observe_icmp_send, struct sk_buff *skb, int type, int code)
  * The source port is not assigned yet at this point, hence the cookie.
  */
 #define IMDS_TCP_SYN_SENT 2
-#define IMDS_AF_INET_KERNEL 2
-#define IMDS_AF_INET6_KERNEL 10
 
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(observe_connect, struct sock *sk, int oldstate, int newstate)
@@ -612,5 +882,164 @@ int BPF_PROG(observe_connect, struct sock *sk, int oldstate, int newstate)
 	if (bpf_current_task_under_cgroup(&traced_cgroup, 0) == 1)
 		e->flags |= IMDS_F_IN_CGROUP;
 	submit(e, IMDS_HOOK_CONNECT);
+	return 0;
+}
+
+/*
+ * connect(2) to a target that fails before any packet exists: no route
+ * (ENETUNREACH, EHOSTUNREACH), a policy (EPERM from a cgroup connect4/6
+ * program, EACCES from an LSM), no source address (EADDRNOTAVAIL), the
+ * family switched off (EAFNOSUPPORT).  Raw syscall tracepoints: attached
+ * by BTF like the others (classic per-syscall tracepoints need tracefs,
+ * which a DaemonSet may not mount).  sys_enter filters on the syscall
+ * number first; sys_exit costs one load until a connect to a target is
+ * pending.
+ */
+#if defined(__TARGET_ARCH_x86)
+#define IMDS_NR_CONNECT 42
+#elif defined(__TARGET_ARCH_arm64)
+#define IMDS_NR_CONNECT 203
+#else
+#error "connect(2) syscall number for this architecture"
+#endif
+
+struct pending_connect {
+	__u8 daddr[16];
+	__be16 dport;
+	__u8 family;
+	__u8 target_index;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64); /* pid_tgid of the calling thread */
+	__type(value, struct pending_connect);
+} pending_connects SEC(".maps");
+
+volatile __u32 connects_pending = 0;
+
+struct sockaddr_in_user {
+	__u16 family;
+	__be16 port;
+	__be32 addr;
+};
+
+struct sockaddr_in6_user {
+	__u16 family;
+	__be16 port;
+	__u32 flowinfo;
+	__u32 addr[4];
+	__u32 scope_id;
+};
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(observe_connect_enter, struct pt_regs *regs, long id)
+{
+	struct sockaddr_in6_user sa6;
+	struct pending_connect p = {};
+	__u64 tid = bpf_get_current_pid_tgid();
+	const void *uaddr;
+	__u32 idx;
+
+	if (id != IMDS_NR_CONNECT)
+		return 0;
+	uaddr = (const void *)IMDS_SYSCALL_ARG2(regs);
+	if (bpf_probe_read_user(&sa6, sizeof(struct sockaddr_in_user), uaddr))
+		return 0;
+	if (sa6.family == IMDS_AF_INET_KERNEL) {
+		struct sockaddr_in_user *sa = (struct sockaddr_in_user *)&sa6;
+
+		idx = match_v4_addr(sa->addr);
+		if (idx == IMDS_NO_TARGET || !port_matches(IMDS_AF_INET, idx, sa->port))
+			return 0;
+		__builtin_memcpy(p.daddr, &sa->addr, 4);
+		p.dport = sa->port;
+		p.family = IMDS_AF_INET;
+	} else if (sa6.family == IMDS_AF_INET6_KERNEL) {
+		if (bpf_probe_read_user(&sa6, sizeof(sa6), uaddr))
+			return 0;
+		/* ::ffff:169.254.169.254 on a dual-stack socket is the IPv4 target. */
+		if (sa6.addr[0] == 0 && sa6.addr[1] == 0 && sa6.addr[2] == bpf_htonl(0xffff)) {
+			idx = match_v4_addr(sa6.addr[3]);
+			if (idx == IMDS_NO_TARGET || !port_matches(IMDS_AF_INET, idx, sa6.port))
+				return 0;
+			__builtin_memcpy(p.daddr, &sa6.addr[3], 4);
+			p.family = IMDS_AF_INET;
+		} else {
+			if (n_targets_v6 == 0)
+				return 0;
+			idx = match_v6_addr(sa6.addr);
+			if (idx == IMDS_NO_TARGET || !port_matches(IMDS_AF_INET6, idx, sa6.port))
+				return 0;
+			__builtin_memcpy(p.daddr, sa6.addr, 16);
+			p.family = IMDS_AF_INET6;
+		}
+		p.dport = sa6.port;
+	} else {
+		return 0;
+	}
+	p.target_index = target_table_index(p.family, idx);
+	if (bpf_map_update_elem(&pending_connects, &tid, &p, BPF_ANY) == 0)
+		__sync_fetch_and_add(&connects_pending, 1);
+	return 0;
+}
+
+/* Errors connect() reports after its SYN left: the packets tell those. */
+static __always_inline bool after_first_packet(long err)
+{
+	switch (err) {
+	case 115: /* EINPROGRESS: a non-blocking connect under way */
+	case 114: /* EALREADY */
+	case 106: /* EISCONN */
+	case 4:   /* EINTR: a blocking connect interrupted, the SYN is out */
+	case 110: /* ETIMEDOUT */
+	case 111: /* ECONNREFUSED */
+	case 104: /* ECONNRESET */
+	case 11:  /* EAGAIN */
+		return true;
+	}
+	return false;
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(observe_connect_exit, struct pt_regs *regs, long ret)
+{
+	struct pending_connect *p;
+	struct imds_event *e;
+	struct task_struct *task;
+	__u64 tid;
+
+	if (!connects_pending)
+		return 0;
+	tid = bpf_get_current_pid_tgid();
+	p = bpf_map_lookup_elem(&pending_connects, &tid);
+	if (!p)
+		return 0;
+	if (ret >= 0 || after_first_packet(-ret))
+		goto done;
+	count(IMDS_HOOK_CONNECT_FAILED, IMDS_CNT_SEEN);
+	e = reserve(IMDS_HOOK_CONNECT_FAILED);
+	if (!e)
+		goto done;
+	e->direction = IMDS_DIR_TO_TARGET;
+	e->family = p->family;
+	e->ip_proto = IPPROTO_TCP;
+	__builtin_memcpy(e->daddr, p->daddr, 16);
+	e->dport = p->dport;
+	e->target_index = p->target_index;
+	e->drop_reason = (__u32)-ret;
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->pid = tid >> 32;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	task = bpf_get_current_task_btf();
+	e->netns = BPF_CORE_READ(task, nsproxy, net_ns, ns.inum);
+	if (bpf_current_task_under_cgroup(&traced_cgroup, 0) == 1)
+		e->flags |= IMDS_F_IN_CGROUP;
+	submit(e, IMDS_HOOK_CONNECT_FAILED);
+done:
+	bpf_map_delete_elem(&pending_connects, &tid);
+	__sync_fetch_and_add(&connects_pending, -1);
 	return 0;
 }

@@ -33,7 +33,10 @@ enum imds_hook {
 	IMDS_HOOK_ICMP_SEND = 6,      /* tracepoint icmp/icmp_send (6.9+)       */
 	IMDS_HOOK_CONNECT = 7,        /* tp sock/inet_sock_set_state -> SYN_SENT:
 				       * who connects (pid, comm, cgroup)    */
-	IMDS_HOOK_MAX = 8,
+	IMDS_HOOK_CONNECT_FAILED = 8, /* raw tp sys_exit of connect(2) to a
+				       * target that failed before any packet:
+				       * drop_reason holds the errno        */
+	IMDS_HOOK_MAX = 9,
 };
 
 /* Which way the packet travels relative to the target. */
@@ -58,6 +61,19 @@ enum imds_family {
 #define IMDS_F_HAS_REASON 0x04  /* drop_reason is a real reason value    */
 #define IMDS_F_ICMP_QUOTE 0x08  /* tuple parsed from an ICMP quote       */
 #define IMDS_F_IN_CGROUP 0x10   /* connect: the task is in the traced cgroup tree */
+/*
+ * Matched by the client endpoint of a followed connection, not by a target
+ * address: the destination was rewritten on the way (DNAT, REDIRECT), so
+ * daddr/dport (or saddr/sport) hold the rewritten endpoint and
+ * target_index the target the client asked for.
+ */
+#define IMDS_F_FOLLOWED 0x20
+/*
+ * An HTTP request with an absolute URI naming a metadata address
+ * ("GET http://169.254.169.254/..."), sent to a proxy, and the packets of
+ * that connection: the server address is the proxy's.
+ */
+#define IMDS_F_VIA_PROXY 0x40
 
 /*
  * One observation of one packet at one hook.  Addresses and ports are in
@@ -99,6 +115,15 @@ struct imds_event {
 	__u32 pid;          /* connect: thread-group id of the connecting task */
 	__u8 comm[16];      /* connect: its command name; drop and icmp_send:
 			     * the device's name, resolved in its own netns */
+	/*
+	 * cgroup egress of a packet FROM a target: a socket of this machine
+	 * answers for the metadata address.  Its own local address and port
+	 * (network order), before the reply was un-DNATed: 198.18.0.2:8181
+	 * for a DNAT to a node-local proxy.  Zero elsewhere.
+	 */
+	__u8 sock_addr[16];
+	__u16 sock_port;
+	__u8 pad2[6];
 	__u8 payload[IMDS_PAYLOAD_MAX];
 };
 

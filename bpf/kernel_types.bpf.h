@@ -59,6 +59,31 @@ struct sk_buff {
 	struct sock *sk;
 };
 
+struct nsproxy {
+	struct net *net_ns;
+};
+
+struct task_struct {
+	struct nsproxy *nsproxy;
+};
+
+/*
+ * The user registers a syscall entered with, as the raw sys_enter
+ * tracepoint passes them.  A flavor (___imds), not struct pt_regs: the
+ * UAPI headers declare a user-ABI pt_regs with other field names.
+ */
+#if defined(__TARGET_ARCH_x86)
+struct pt_regs___imds {
+	unsigned long si; /* second syscall argument */
+};
+#define IMDS_SYSCALL_ARG2(regs) BPF_CORE_READ((struct pt_regs___imds *)(regs), si)
+#elif defined(__TARGET_ARCH_arm64)
+struct pt_regs___imds {
+	unsigned long long regs[31]; /* x0..x30; x1 is the second argument */
+};
+#define IMDS_SYSCALL_ARG2(regs) BPF_CORE_READ((struct pt_regs___imds *)(regs), regs[1])
+#endif
+
 #pragma clang attribute pop
 
 /*

@@ -311,6 +311,9 @@ for b in imdstrace tests/testbed/imds-emulator tests/testbed/imds-client tests/t
          tests/testbed/ttl-datapath tests/imdstrace_unit_tests tests/imdstrace_bpf_tests; do
   [ -e "$ROOTFS/usr/bin/$(basename $b)" ] && ln -s "/usr/bin/$(basename $b)" "$ROOTFS/build/$b"
 done
+# The unit tests' input files (tests/cases; the scenario points IMDSTRACE_CASES_DIR here).
+mkdir -p "$ROOTFS/repo/tests"
+cp -r "$REPO/tests/cases" "$ROOTFS/repo/tests/cases"
 [ -e "$ROOTFS/repo/scripts/testbed.sh" ] && ln -s /repo/scripts/testbed.sh "$ROOTFS/usr/bin/testbed.sh"
 install -m 0755 "$REPO/tests/kernel/scenario.sh" "$ROOTFS/scenario.sh"
 install -m 0755 "$REPO/tests/kernel/init.sh" "$ROOTFS/init"

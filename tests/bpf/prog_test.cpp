@@ -390,7 +390,12 @@ TEST_F(BpfProgTest, TargetPacketsToTheEndpoint) {
 TEST_F(BpfProgTest, TargetPacketsFromTheEndpoint) {
     for (const auto& c : from_target_cases()) {
         for (Prog p : kIngress) expect_run(c.name, p, c.packet.frame(), c.expect);
-        for (Prog p : kEgress) expect_run(std::string(c.name) + " (wrong direction)", p, c.packet.frame(), std::nullopt);
+        // A local socket sending FROM a target address answers for it (a
+        // node-local agent, or a proxy behind DNAT): cgroup egress keeps it.
+        // Leaving through an uplink, such a packet is not the node's concern.
+        for (Prog p : kEgress)
+            expect_run(std::string(c.name) + (p == Prog::socket_egress ? " (a local answer)" : " (wrong direction)"), p,
+                       c.packet.frame(), p == Prog::socket_egress ? std::optional<Expect>(c.expect) : std::nullopt);
     }
 }
 
@@ -578,6 +583,39 @@ TEST_F(BpfProgTest, EventsDecode) {
     EXPECT_EQ(q->request->path, "/latest/meta-data/mac");
     EXPECT_TRUE(q->request->token);
     EXPECT_NE(q->cgroup_id, 0u);
+}
+
+// A pod's metadata request to an HTTP proxy (absolute URI) is a metadata
+// request; any other request to the same proxy is not.  Once a proxied
+// request was seen, the proxy's answers on that connection are followed.
+TEST_F(BpfProgTest, AbsoluteUriRequestsToAProxy) {
+    constexpr const char* kProxy = "198.18.0.2";
+    auto other = Packet::v4(kPod4, kProxy).tcp(41000, 3128).seq(1).flags(pkt::PSH | pkt::ACK)
+                     .payload("GET http://example.com/index.html HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    expect_run("a proxied request for another host", Prog::socket_egress, other.frame(), std::nullopt);
+
+    auto put = Packet::v4(kPod4, kProxy).tcp(41001, 3128).seq(1).flags(pkt::PSH | pkt::ACK)
+                   .payload("PUT http://169.254.169.254/latest/api/token HTTP/1.1\r\nHost: 169.254.169.254\r\n"
+                            "X-aws-ec2-metadata-token-ttl-seconds: 21600\r\n\r\n");
+    auto r = bpf->run(Prog::socket_egress, put.frame());
+    ASSERT_EQ(r.records.size(), 1u);
+    auto q = imdstrace::decode_event(r.records[0]);
+    ASSERT_TRUE(q && q->request);
+    EXPECT_TRUE(q->via_proxy);
+    EXPECT_EQ(q->flow.server.str(), "198.18.0.2:3128");
+    EXPECT_EQ(q->request->absolute_authority, "169.254.169.254");
+    EXPECT_TRUE(q->request->is_token_request());
+
+    auto answer = Packet::v4(kProxy, kPod4).tcp(3128, 41001).seq(9).flags(pkt::PSH | pkt::ACK).payload(kResponse);
+    auto a = bpf->run(Prog::socket_ingress, answer.frame());
+    ASSERT_EQ(a.records.size(), 1u) << "the proxy's answer on that connection";
+    auto ao = imdstrace::decode_event(a.records[0]);
+    ASSERT_TRUE(ao && ao->response);
+    EXPECT_TRUE(ao->via_proxy);
+    EXPECT_EQ(ao->flow.client.str(), "198.18.1.5:41001");
+
+    auto unrelated = Packet::v4(kProxy, kPod4).tcp(3128, 41000).seq(9).flags(pkt::PSH | pkt::ACK).payload(kResponse);
+    expect_run("the proxy's answer on another connection", Prog::socket_ingress, unrelated.frame(), std::nullopt);
 }
 
 // Loader configuration: without IPv6 targets, IPv6 traffic to the default

@@ -7,6 +7,19 @@
 #                           points at the pod's own rules
 #   path.sh node_rule       the same rule in the node's FORWARD chain: BLOCKED on the node
 #   path.sh no_forwarding   net.ipv4.ip_forward=0 on the node: the fix names the sysctl
+#   path.sh dnat_answered   the node DNATs the pod's requests to a local old-style metadata proxy
+#                           that answers 403: FORBIDDEN answered on this node by that process after
+#                           DNAT, never at the uplink; the fix is about the proxy, no IMDS setting
+#   path.sh dnat_blocked    the same DNAT, nothing listening, and an INPUT DROP for the pod's veth:
+#                           BLOCKED, the drop after DNAT to the node's port (INPUT), not "IMDS throttles"
+#   path.sh dnat_refused    the same DNAT, nothing listening (the agent crashed): REFUSED by the
+#                           node itself (NO_SOCKET at the DNAT target), not by 169.254.169.254
+#   path.sh connect_noroute an IPv6-only pod (no IPv4 route) using the IPv4 endpoint: connect()
+#                           fails with ENETUNREACH, no packet: NO_ROUTE with the IPv6-endpoint fix;
+#                           a "prohibit" route (EACCES) and an "unreachable" route (EHOSTUNREACH) too
+#   path.sh proxy           the real aws-sdk-go-v2 client with HTTP_PROXY set and no NO_PROXY: its
+#                           absolute-URI requests to the proxy are metadata requests of the pod; the
+#                           proxy's X-Forwarded-For gets the token PUT a 403; the fix is NO_PROXY
 source "$(dirname "$0")/lib.sh"
 require_root
 
@@ -66,11 +79,142 @@ scenario_no_forwarding() {
     expect_clean "after diagnose exited"
 }
 
+NODE_ADDR=198.18.0.2  # the node's uplink address (DESIGN.md testbed conventions)
+
+dnat_pod1_to_node() {  # DNAT pod1's metadata requests to NODE_ADDR:8181, as kube2iam/kiam do
+    in_node iptables -t nat -A PREROUTING -i "$POD1_VETH" -p tcp -d 169.254.169.254 --dport 80 \
+        -j DNAT --to-destination "$NODE_ADDR:8181"
+}
+
+start_node_daemon() {  # start_node_daemon NAME CMD... : in the node (host cgroup); waits for NAME.ready
+    local name=$1; shift
+    "$TESTBED" exec --prefix "$PREFIX" --host -- "$@" >"$WORK/$name.log" 2>&1 &
+    EXTRA_PIDS+=("$!")
+    for _ in $(seq 100); do [[ -f "$WORK/$name.ready" ]] && break; sleep 0.1; done
+    [[ -f "$WORK/$name.ready" ]] || { cat "$WORK/$name.log" >&2; fail "$name did not start"; exit 1; }
+    EXTRA_PIDS+=("$(cat "$WORK/$name.pid")")
+}
+
+scenario_dnat_answered() {
+    testbed_up 2
+    dnat_pod1_to_node
+    # An old metadata proxy: answers every request itself with 403 (a token PUT it does not pass on).
+    start_node_daemon proxy "$IMDS_EMULATOR" --listen "$NODE_ADDR:8181" --endpoint disabled --quiet \
+        --pidfile "$WORK/proxy.pid" --ready-file "$WORK/proxy.ready"
+    diagnose_pod1 "$WORK/d.json" --attempts 1 --timeout-ms 800
+    local d="$WORK/d.json" pid
+    pid=$(cat "$WORK/proxy.pid")
+    expect_eq "diagnose exits 3" "$TRACER_RC" "3"
+    expect_jq "pod verdict FORBIDDEN" "$d" '.pods[] | select(.name == "pod1") | .verdict == "FORBIDDEN"'
+    expect_each "answered by the proxy's socket on this node, its process named" "$WORK/events.jsonl" \
+        '.pod.name == "pod1" and .request.method == "PUT"' \
+        ".answered_by.socket == \"$NODE_ADDR:8181\" and .answered_by.process.comm == \"imds-emulator\" and .answered_by.process.pid == $pid and .path.redirected_to == \"$NODE_ADDR:8181\""
+    expect_jq "evidence: answered on this node by the process after DNAT, never at the uplink" "$d" \
+        "[.findings[] | select(.verdict == \"FORBIDDEN\")][0].evidence | test(\"answered on this node by imds-emulator \\\\(pid $pid\\\\) at $NODE_ADDR:8181 after DNAT; the request never reached the uplink\")"
+    expect_jq "fix: the proxy (upgrade it or remove the interception)" "$d" \
+        '[.findings[] | select(.verdict == "FORBIDDEN")][0].fix | test("answers for 169.254.169.254:80 \\(DNAT to 198.18.0.2:8181\\)") and test("remove the interception")'
+    expect_jq "fix: no IMDS setting" "$d" \
+        '[.findings[] | select(.verdict == "FORBIDDEN")][0].fix | (test("http-endpoint") or test("httpPutResponseHopLimit") or test("NO_PROXY")) | not'
+    expect_clean "after diagnose exited"
+}
+
+scenario_dnat_blocked() {
+    testbed_up 2
+    dnat_pod1_to_node
+    in_node iptables -A INPUT -i "$POD1_VETH" -j DROP
+    diagnose_pod1 "$WORK/d.json" --attempts 1 --timeout-ms 1500
+    local d="$WORK/d.json"
+    expect_eq "diagnose exits 3" "$TRACER_RC" "3"
+    expect_jq "pod verdict BLOCKED, not NO_RESPONSE" "$d" '.pods[] | select(.name == "pod1") | .verdict == "BLOCKED"'
+    expect_each "the SYN's drop is followed after DNAT, on the node" "$WORK/events.jsonl" '.pod.name == "pod1"' \
+        "any(.drops[]; .reason == \"NETFILTER_DROP\" and .after_dnat_to == \"$NODE_ADDR:8181\" and .place == \"node\")"
+    expect_jq "evidence: NETFILTER_DROP after DNAT to the node's port, INPUT" "$d" \
+        '.findings[0].evidence | test("NETFILTER_DROP") and test("\\(INPUT\\)") and test("after DNAT to 198.18.0.2:8181")'
+    expect_jq "fix: the policy on the redirected traffic" "$d" \
+        '.findings[0].fix | test("after DNAT rewrote it to 198.18.0.2:8181") and test("ctorigdst")'
+    expect_no_grep "no IMDS throttling" "$d" 'throttles'
+    expect_clean "after diagnose exited"
+}
+
+scenario_dnat_refused() {
+    testbed_up 2
+    dnat_pod1_to_node
+    diagnose_pod1 "$WORK/d.json" --attempts 1 --timeout-ms 800
+    local d="$WORK/d.json"
+    expect_eq "diagnose exits 3" "$TRACER_RC" "3"
+    expect_jq "pod verdict REFUSED" "$d" '.pods[] | select(.name == "pod1") | .verdict == "REFUSED"'
+    expect_jq "evidence: the node itself reset it, nothing listens at the DNAT target" "$d" \
+        '.findings[0].evidence | test("the node itself reset the connection, not 169.254.169.254:80: nothing listens at 198.18.0.2:8181") and test("NO_SOCKET")'
+    expect_jq "fix: the DNAT target's agent is not running" "$d" \
+        '.findings[0].fix | test("DNATed to 198.18.0.2:8181 on this node and nothing listens there")'
+    expect_clean "after diagnose exited"
+}
+
+scenario_connect_noroute() {
+    testbed_up 2
+    # IPv6 only: the pod keeps its IPv6 default route and loses every IPv4 one.
+    nsenter --net="$POD1_NETNS_PATH" ip -4 route flush table main
+    diagnose_pod1 "$WORK/d.json" --attempts 1 --timeout-ms 800
+    local d="$WORK/d.json"
+    expect_eq "diagnose exits 3" "$TRACER_RC" "3"
+    expect_jq "pod1 NO_ROUTE" "$d" '.pods[] | select(.name == "pod1") | .verdict == "NO_ROUTE"'
+    expect_jq "evidence: connect() failed in the pod, network unreachable, no packet" "$d" \
+        '.findings[0].evidence | test("connect\\(\\) to 169.254.169.254:80 failed before any packet was sent: network unreachable")'
+    expect_jq "fix: the IPv6 endpoint or an IPv4 route" "$d" \
+        '.findings[0].fix | test("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv6") and test("IPv4 route")'
+    expect_each "the record: the errno, the process, attributed by cgroup" "$WORK/events.jsonl" '.pod.name == "pod1"' \
+        '.path.connect_errno == 101 and .process.comm == "imds-client"'
+    # Two more routes that refuse before any packet: "prohibit" (EACCES) and "unreachable" (EHOSTUNREACH).
+    local kind
+    for kind in prohibit unreachable; do
+        nsenter --net="$POD1_NETNS_PATH" ip route replace "$kind" 169.254.169.254/32
+        diagnose_pod1 "$WORK/$kind.json" --attempts 1 --timeout-ms 800
+        expect_eq "$kind route: diagnose exits 3" "$TRACER_RC" "3"
+        if [[ $kind == prohibit ]]; then
+            expect_jq "prohibit route: evidence names EACCES and the route" "$WORK/$kind.json" \
+                '.findings[0].evidence | test("EACCES") and test("prohibit")'
+            expect_jq "prohibit route: the fix looks at the pod's routes first" "$WORK/$kind.json" '.findings[0].fix | test("ip route get")'
+        else
+            expect_jq "unreachable route: NO_ROUTE, EHOSTUNREACH" "$WORK/$kind.json" \
+                '.findings[0].verdict == "NO_ROUTE" and (.findings[0].evidence | test("EHOSTUNREACH"))'
+        fi
+    done
+    expect_clean "after diagnose exited"
+}
+
+scenario_proxy() {
+    [[ -x "${IMDS_SDK_CLIENT:-}" ]] || { fail "imds-sdk-client not built (scripts/setup.sh installs go and the SDK)"; return; }
+    testbed_up 2
+    start_node_daemon httpproxy python3 "$REPO/tests/testbed/http_proxy.py" "$NODE_ADDR" 3128 \
+        "$WORK/httpproxy.pid" "$WORK/httpproxy.ready"
+    tracer_start "$WORK/d.json" diagnose -o json --duration 6 --cgroup "$CGROUP_DIR" --pods "static:$PODS_JSON" \
+        --events "$WORK/events.jsonl"
+    "$TESTBED" exec --prefix "$PREFIX" --pod 1 -- env HTTP_PROXY="http://$NODE_ADDR:3128" NO_PROXY= \
+        "$IMDS_SDK_CLIENT" instance-id >"$WORK/sdk.out" 2>&1 || true
+    tracer_wait
+    local d="$WORK/d.json"
+    expect_grep "the proxy carried the SDK's requests" "$WORK/httpproxy.log" '"PUT http://169.254.169.254/latest/api/token'
+    expect_eq "diagnose exits 3" "$TRACER_RC" "3"
+    expect_each "the pod's token PUT through the proxy: a metadata request of pod1" "$WORK/events.jsonl" \
+        '.request.method == "PUT" and (.client | startswith("'"$NODE_ADDR"':") | not)' \
+        ".pod.name == \"pod1\" and .path.via_proxy == \"$NODE_ADDR:3128\" and .server == \"169.254.169.254:80\" and .request.path == \"/latest/api/token\" and .verdict == \"FORBIDDEN\""
+    expect_jq "finding: sent through the proxy" "$d" \
+        '[.findings[] | select(.pods | index("testbed/pod1"))][0].evidence | test("through the HTTP proxy 198.18.0.2:3128")'
+    expect_jq "fix: NO_PROXY with the plain addresses" "$d" \
+        '[.findings[] | select(.pods | index("testbed/pod1"))][0].fix | test("NO_PROXY") and test("169.254.169.254,fd00:ec2::254") and test("CIDR")'
+    expect_clean "after diagnose exited"
+}
+
 SCENARIO=${1:-}
 case "${1:-}" in
 pod_rule) scenario_pod_rule ;;
 node_rule) scenario_node_rule ;;
 no_forwarding) scenario_no_forwarding ;;
-*) echo "usage: $0 pod_rule|node_rule|no_forwarding" >&2; exit 2 ;;
+dnat_answered) scenario_dnat_answered ;;
+dnat_blocked) scenario_dnat_blocked ;;
+dnat_refused) scenario_dnat_refused ;;
+connect_noroute) scenario_connect_noroute ;;
+proxy) scenario_proxy ;;
+*) echo "usage: $0 pod_rule|node_rule|no_forwarding|dnat_answered|dnat_blocked|dnat_refused|connect_noroute|proxy" >&2; exit 2 ;;
 esac
 finish

@@ -24,6 +24,8 @@ say() { echo "scenario: $*"; }
 export IMDSTRACE=/usr/bin/imdstrace IMDS_EMULATOR=/usr/bin/imds-emulator IMDS_CLIENT=/usr/bin/imds-client
 export K8S_API_STANDIN=/usr/bin/k8s-api-standin
 export REPO=/repo
+# The unit tests' input files, copied by the runner (the build's source path is not in the guest).
+export IMDSTRACE_CASES_DIR=/repo/tests/cases
 
 say "kernel $(uname -r)"
 # Which kernel paths this kernel gets (the guest's own namespace has no uplink).

@@ -42,8 +42,11 @@ PIN(imds_event, target_index, 105, 1);
 PIN(imds_event, pad, 106, 2);
 PIN(imds_event, pid, 108, 4);
 PIN(imds_event, comm, 112, 16);
-PIN(imds_event, payload, 128, IMDS_PAYLOAD_MAX);
-static_assert(sizeof(imds_event) == 640);
+PIN(imds_event, sock_addr, 128, 16);
+PIN(imds_event, sock_port, 144, 2);
+PIN(imds_event, pad2, 146, 6);
+PIN(imds_event, payload, 152, IMDS_PAYLOAD_MAX);
+static_assert(sizeof(imds_event) == 664);
 static_assert(alignof(imds_event) == 8);
 // Big enough for aws-sdk-go-v2's ~300-byte GET head (token header at 238-262).
 static_assert(IMDS_PAYLOAD_MAX == 512);
@@ -52,8 +55,8 @@ static_assert((IMDS_PAYLOAD_MAX & (IMDS_PAYLOAD_MAX - 1)) == 0, "the BPF copy ma
 #define FSIZE(type, field) sizeof(((type*)nullptr)->field)
 
 TEST(EventLayout, SizesAndOffsets) {
-    EXPECT_EQ(sizeof(imds_event), 640u);
-    EXPECT_EQ(offsetof(imds_event, payload), 128u);
+    EXPECT_EQ(sizeof(imds_event), 664u);
+    EXPECT_EQ(offsetof(imds_event, payload), 152u);
     EXPECT_EQ(offsetof(imds_event, payload) + IMDS_PAYLOAD_MAX, sizeof(imds_event));
 }
 
@@ -70,7 +73,8 @@ TEST(EventLayout, NoImplicitPadding) {
         FSIZE(imds_event, ip_proto) + FSIZE(imds_event, ttl) + FSIZE(imds_event, tcp_flags) +
         FSIZE(imds_event, icmp_type) + FSIZE(imds_event, icmp_code) + FSIZE(imds_event, flags) +
         FSIZE(imds_event, target_index) + FSIZE(imds_event, pad) + FSIZE(imds_event, pid) +
-        FSIZE(imds_event, comm) + FSIZE(imds_event, payload);
+        FSIZE(imds_event, comm) + FSIZE(imds_event, sock_addr) + FSIZE(imds_event, sock_port) +
+        FSIZE(imds_event, pad2) + FSIZE(imds_event, payload);
     static_assert(event_fields == sizeof(imds_event), "imds_event has implicit padding");
     EXPECT_EQ(event_fields, sizeof(imds_event));
 }
@@ -84,14 +88,17 @@ TEST(EventLayout, EnumValues) {
     EXPECT_EQ(IMDS_HOOK_DROP, 5);
     EXPECT_EQ(IMDS_HOOK_ICMP_SEND, 6);
     EXPECT_EQ(IMDS_HOOK_CONNECT, 7);
-    EXPECT_EQ(IMDS_HOOK_MAX, 8);
+    EXPECT_EQ(IMDS_HOOK_CONNECT_FAILED, 8);
+    EXPECT_EQ(IMDS_HOOK_MAX, 9);
     EXPECT_EQ(IMDS_DIR_TO_TARGET, 1);
     EXPECT_EQ(IMDS_DIR_FROM_TARGET, 2);
     EXPECT_EQ(IMDS_DIR_ICMP_ABOUT, 3);
     EXPECT_EQ(IMDS_AF_INET, 4);
     EXPECT_EQ(IMDS_AF_INET6, 6);
     EXPECT_EQ(IMDS_CNT_MAX, 4);
-    EXPECT_EQ(IMDS_F_SK_PRESENT | IMDS_F_TRUNCATED | IMDS_F_HAS_REASON | IMDS_F_ICMP_QUOTE | IMDS_F_IN_CGROUP, 0x1f);
+    EXPECT_EQ(IMDS_F_SK_PRESENT | IMDS_F_TRUNCATED | IMDS_F_HAS_REASON | IMDS_F_ICMP_QUOTE | IMDS_F_IN_CGROUP |
+                  IMDS_F_FOLLOWED | IMDS_F_VIA_PROXY,
+              0x7f);
 }
 
 }  // namespace

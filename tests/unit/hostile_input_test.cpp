@@ -32,7 +32,12 @@ extern std::atomic<std::uint64_t> g_allocations;
 
 namespace {
 
-const std::string kCases = IMDSTRACE_CASES_DIR;
+// The input files in tests/cases: where the build put them, or where the kernel
+// matrix's guest has them (IMDSTRACE_CASES_DIR in the environment).
+const std::string kCases = [] {
+    const char* env = std::getenv("IMDSTRACE_CASES_DIR");
+    return std::string(env != nullptr && *env != '\0' ? env : IMDSTRACE_CASES_DIR);
+}();
 
 std::span<const std::uint8_t> bytes(std::string_view s) {
     return {reinterpret_cast<const std::uint8_t*>(s.data()), s.size()};

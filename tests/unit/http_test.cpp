@@ -43,6 +43,27 @@ TEST(HttpRequest, TokenPutWithTtlHeader) {
     EXPECT_TRUE(r->is_token_request());
 }
 
+// What a client sends to an HTTP proxy (HTTP_PROXY set, no NO_PROXY for the
+// metadata address): the absolute form, RFC 9112 3.2.2.
+TEST(HttpRequest, AbsoluteUriToAProxy) {
+    auto r = parse_http_request(bytes("PUT http://169.254.169.254/latest/api/token HTTP/1.1\r\n"
+                                      "Host: 169.254.169.254\r\n"
+                                      "X-aws-ec2-metadata-token-ttl-seconds: 21600\r\n\r\n"));
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->path, "/latest/api/token");
+    EXPECT_EQ(r->absolute_authority, "169.254.169.254");
+    EXPECT_TRUE(r->is_token_request());
+
+    auto v6 = parse_http_request(bytes("GET http://[fd00:ec2::254]:80 HTTP/1.1\r\n\r\n"));
+    ASSERT_TRUE(v6);
+    EXPECT_EQ(v6->path, "/");
+    EXPECT_EQ(v6->absolute_authority, "[fd00:ec2::254]:80");
+
+    auto origin = parse_http_request(bytes("GET /latest/meta-data/ HTTP/1.1\r\n\r\n"));
+    ASSERT_TRUE(origin);
+    EXPECT_TRUE(origin->absolute_authority.empty());
+}
+
 TEST(HttpRequest, TokenPutWithoutTtlHeader) {
     auto r = parse_http_request(bytes("PUT /latest/api/token HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n"));
     ASSERT_TRUE(r);

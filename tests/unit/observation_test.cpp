@@ -259,7 +259,7 @@ TEST(DecodeEvent, RejectsShortRecords) {
 TEST(DecodeEvent, RejectsBadEnums) {
     EventBuilder b(IMDS_HOOK_CGROUP_EGRESS, IMDS_DIR_TO_TARGET);
     b.src("198.18.1.5", 43122).dst("169.254.169.254", 80);
-    for (std::uint8_t hook : {0, 8, 255}) {
+    for (int hook : {0, int(IMDS_HOOK_MAX), 255}) {
         auto x = b;
         x.e.hook = hook;
         EXPECT_FALSE(decode_event(x.bytes())) << "hook " << int(hook);

@@ -61,7 +61,19 @@ struct Correlator::Connection {
     bool opened_in_window = false;  // its SYN or connect() was seen
     std::uint32_t client_netns = 0; // the client socket's namespace (connect())
     bool incomplete = false;        // events lost while it was open
+    std::optional<LocalAnswer> answered_on_node;
+    std::optional<Endpoint> redirected_to;
+    std::optional<Endpoint> via_proxy;
 };
+
+std::vector<Endpoint> bpf_target_table(const std::vector<Endpoint>& targets) {
+    std::vector<Endpoint> table;
+    for (const auto& t : targets)
+        if (t.addr.is_v4()) table.push_back(t);
+    for (const auto& t : targets)
+        if (!t.addr.is_v4()) table.push_back(t);
+    return table;
+}
 
 Correlator::Correlator(Sink sink, ReasonNamer reasons, LocationNamer locations, CorrelatorOptions opts)
     : sink_(std::move(sink)), reasons_(std::move(reasons)), locations_(std::move(locations)), opts_(opts) {}
@@ -182,16 +194,55 @@ Correlator::Exchange& Correlator::answered_by(Connection& c, std::uint32_t seq) 
     return current(c);
 }
 
-void Correlator::observe(const Observation& o) {
-    if (o.hook == Hook::connect) {
-        on_connect(o);
+void Correlator::observe(const Observation& seen) {
+    if (seen.hook == Hook::connect) {
+        on_connect(seen);
         return;
     }
+    if (seen.hook == Hook::connect_failed) {
+        on_connect_failed(seen);
+        return;
+    }
+    // A followed packet is filed under the target its client asked for;
+    // where it really went is kept as the connection's redirect.
+    const Observation* op = &seen;
+    Observation filed;
+    if (seen.followed && seen.target_index < opts_.targets.size()) {
+        filed = seen;
+        const Endpoint& target = opts_.targets[seen.target_index];
+        filed.flow.server = Endpoint{target.addr, target.port ? target.port : seen.flow.server.port};
+        op = &filed;
+    }
+    const Observation& o = *op;
     Connection* c = find_or_create(o);
     if (!c) return;
     // Seen open: its SYN (at any hook, a dropped one too).
     if (o.direction == Direction::to_target && o.is_syn()) c->opened_in_window = true;
+    if (o.followed && o.rewritten_server && o.rewritten_server != o.flow.server) c->redirected_to = o.rewritten_server;
+    if (o.via_proxy) {
+        c->via_proxy = o.flow.server;
+        // Its SYN went to the proxy, not a target, and was not followed
+        // yet: the request head itself, seen whole, is this window's.
+        if (o.request) c->opened_in_window = true;
+    }
+    if (o.answering_socket) {
+        if (!c->answered_on_node) c->answered_on_node = LocalAnswer{*o.answering_socket, o.cgroup_id, std::nullopt};
+        if (*o.answering_socket != o.flow.server) c->redirected_to = *o.answering_socket;
+    }
     apply(*c, o);
+}
+
+// connect(2) failed before a packet existed: a transaction of its own,
+// with nothing but the task, its cgroup and the error.
+void Correlator::on_connect_failed(const Observation& o) {
+    Transaction t;
+    t.id = next_id_++;
+    t.start_ns = t.end_ns = o.ts_ns;
+    t.client_flow = o.flow;
+    t.cgroup_id = o.cgroup_id;
+    t.process = ProcessInfo{o.pid, o.comm};
+    t.connect_errno = o.connect_errno;
+    sink_(std::move(t));
 }
 
 void Correlator::note_loss() {
@@ -314,6 +365,7 @@ DropRecord Correlator::drop_record(const Observation& o) const {
     d.response = o.direction == Direction::from_target;
     d.count = 1;
     d.netns = o.netns;
+    if (o.followed) d.rewritten = o.rewritten_server;
     return d;
 }
 
@@ -329,7 +381,7 @@ void Correlator::on_drop(Connection& c, const Observation& o) {
     d.place = drop_place(d.netns, c.client_netns, opts_.node_netns);
     auto same = std::find_if(x->drops.begin(), x->drops.end(), [&d](const DropRecord& r) {
         return r.reason == d.reason && r.location == d.location && r.ttl == d.ttl && r.response == d.response &&
-               r.netns == d.netns;
+               r.netns == d.netns && r.rewritten == d.rewritten;
     });
     if (same != x->drops.end()) ++same->count;
     else x->drops.push_back(std::move(d));
@@ -370,6 +422,9 @@ Transaction Correlator::to_transaction(const Connection& c, const Exchange& x) c
     t.retransmits = x.retransmits;
     t.opened_before_window = !c.opened_in_window;
     t.incomplete = c.incomplete;
+    t.answered_on_node = c.answered_on_node;
+    t.redirected_to = c.redirected_to;
+    t.via_proxy = c.via_proxy;
     return t;
 }
 

@@ -13,6 +13,7 @@
 #include <map>
 #include <memory>
 #include <unordered_map>
+#include <vector>
 
 #include "correlate/transaction.hpp"
 #include "decode/observation.hpp"
@@ -30,7 +31,14 @@ struct CorrelatorOptions {
                                                   // IMDS retransmits old answers for minutes, counted whole
     std::size_t max_connections = 65536;          // memory bound under connection floods
     std::uint32_t node_netns = 0;                 // the tracer's own network namespace (drop places)
+    // The target table as the BPF programs index it (imds_event.target_index):
+    // IPv4 targets in configuration order, then IPv6 ones.  Followed packets
+    // (DNAT, REDIRECT) are filed under the target their client asked for.
+    std::vector<Endpoint> targets;
 };
+
+// The BPF target table order of a list of targets (see CorrelatorOptions::targets).
+std::vector<Endpoint> bpf_target_table(const std::vector<Endpoint>& targets);
 
 class Correlator {
 public:
@@ -77,6 +85,7 @@ private:
     void on_drop(Connection& c, const Observation& o);
     void on_icmp(Connection& c, const Observation& o);
     void on_connect(const Observation& o);
+    void on_connect_failed(const Observation& o);
     Exchange& current(Connection& c);
     Exchange& answered_by(Connection& c, std::uint32_t seq);
     void finish(Connection& c);

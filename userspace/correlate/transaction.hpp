@@ -32,6 +32,10 @@ struct DropRecord {
     // the kernel did not say.
     std::uint32_t netns = 0;
     std::string place;  // drop_place(): "node", "pod", "between", "" unknown
+    // The packet's real destination (or source, for a reply) when DNAT or
+    // REDIRECT had rewritten it: the drop happened after the rewrite.
+    std::optional<Endpoint> rewritten;
+    bool rewritten_to_node = false;  // ... to an address of this node: the packet went to INPUT, not FORWARD
 
     // A TCP endpoint's own bookkeeping (duplicate or stale segments,
     // segments for a socket that is gone, a closing socket's queues freed),
@@ -44,6 +48,14 @@ struct DropRecord {
 struct ProcessInfo {
     std::uint32_t pid = 0;
     std::string comm;
+};
+
+// A socket of this machine that answered for the metadata endpoint: seen
+// sending from the target address at cgroup egress (after un-NAT).
+struct LocalAnswer {
+    Endpoint socket;             // its own bound address: the DNAT target, or the target address itself
+    std::uint64_t cgroup_id = 0; // its cgroup
+    std::optional<ProcessInfo> process;  // its owner, when found (sock_diag + /proc)
 };
 
 struct Transaction {
@@ -79,6 +91,16 @@ struct Transaction {
     std::vector<DropRecord> drops;
     std::uint32_t icmp_time_exceeded = 0;
     std::uint32_t retransmits = 0;
+
+    // The path (DESIGN.md "The path"):
+    // answered by a socket of this machine, not by IMDS through an uplink
+    std::optional<LocalAnswer> answered_on_node;
+    // DNAT/REDIRECT sent the request here (seen in a followed packet or drop)
+    std::optional<Endpoint> redirected_to;
+    // sent as an absolute-URI request to this HTTP proxy (client_flow.server is the proxy)
+    std::optional<Endpoint> via_proxy;
+    // connect(2) failed before any packet: the errno (ENETUNREACH, EPERM, ...)
+    std::optional<int> connect_errno;
 
     std::uint32_t drop_count() const {
         std::uint32_t n = 0;

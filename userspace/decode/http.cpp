@@ -87,7 +87,14 @@ std::optional<HttpRequest> parse_http_request(std::span<const std::uint8_t> byte
     req.method = std::string(method);
     auto rest = text.substr(sp + 1);
     auto sp2 = rest.find_first_of(" \r\n");
-    req.path = sanitize_path(rest.substr(0, sp2));
+    auto target = rest.substr(0, sp2);
+    if (target.size() > 7 && (target.starts_with("http://") || target.starts_with("HTTP://"))) {
+        auto authority = target.substr(7);
+        auto slash = authority.find('/');
+        req.absolute_authority = sanitize_path(authority.substr(0, slash));
+        target = slash == std::string_view::npos ? std::string_view("/") : authority.substr(slash);
+    }
+    req.path = sanitize_path(target);
     HeadLines lines(text);
     lines.next();  // the request line
     while (auto line = lines.next()) {

@@ -15,6 +15,12 @@ namespace imdstrace {
 struct HttpRequest {
     std::string method;  // "PUT", "GET", ...
     std::string path;    // "/latest/api/token"
+    // The authority of an absolute-URI request target (RFC 9112 3.2.2), what
+    // a client sends to an HTTP proxy: "169.254.169.254" for
+    // "GET http://169.254.169.254/latest/...", "[fd00:ec2::254]:80"; empty
+    // for the origin form ("GET /latest/...") a client sends to IMDS itself.
+    // `path` holds the path part either way.
+    std::string absolute_authority;
     bool token = false;            // X-aws-ec2-metadata-token present (value dropped)
     bool token_ttl = false;        // X-aws-ec2-metadata-token-ttl-seconds present
     bool forwarded_for = false;    // X-Forwarded-For present

@@ -18,6 +18,7 @@ std::string_view to_string(Hook h) {
     case Hook::drop: return "drop";
     case Hook::icmp_send: return "icmp_send";
     case Hook::connect: return "connect";
+    case Hook::connect_failed: return "connect_failed";
     }
     return "unknown";
 }
@@ -68,13 +69,20 @@ std::optional<Observation> decode_event(std::span<const std::uint8_t> record, bo
             if (!std::isprint(static_cast<unsigned char>(c))) c = '?';
         return s;
     };
-    if (o.hook == Hook::connect) {
+    if (o.hook == Hook::connect || o.hook == Hook::connect_failed) {
         o.pid = e.pid;
         o.comm = name16();
         o.in_traced_cgroup = e.flags & IMDS_F_IN_CGROUP;
+        if (o.hook == Hook::connect_failed) o.connect_errno = static_cast<int>(e.drop_reason);
     } else if (o.hook == Hook::drop || o.hook == Hook::icmp_send) {
         o.ifname = name16();
     }
+
+    o.followed = e.flags & IMDS_F_FOLLOWED;
+    if (o.followed) o.rewritten_server = o.flow.server;
+    o.via_proxy = e.flags & IMDS_F_VIA_PROXY;
+    if (o.hook == Hook::cgroup_egress && o.direction == Direction::from_target && e.sock_port != 0)
+        o.answering_socket = Endpoint{IpAddr::from_raw(family, e.sock_addr), ntohs(e.sock_port)};
 
     std::size_t copied = std::min<std::size_t>(e.copied, IMDS_PAYLOAD_MAX);
     if (copied > 0 && o.direction != Direction::icmp_about) {

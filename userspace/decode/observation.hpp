@@ -21,6 +21,7 @@ enum class Hook : std::uint8_t {
     drop = 5,            // skb/kfree_skb
     icmp_send = 6,       // icmp/icmp_send
     connect = 7,         // sock/inet_sock_set_state -> SYN_SENT (who connects)
+    connect_failed = 8,  // connect(2) to a target failed before any packet (errno)
 };
 std::string_view to_string(Hook h);
 
@@ -60,9 +61,24 @@ struct Observation {
     std::uint8_t icmp_type = 0;
     std::uint8_t icmp_code = 0;
     std::uint8_t target_index = 0;
-    // connect events: the task
+    // connect and connect_failed events: the task
     std::uint32_t pid = 0;
     std::string comm;
+    // connect_failed: the errno connect(2) returned (ENETUNREACH, EPERM, ...)
+    int connect_errno = 0;
+    // Matched by its client endpoint, not by a target address: DNAT or
+    // REDIRECT rewrote the destination.  flow.server is then the target
+    // the client asked for (set by the correlator from target_index) and
+    // `rewritten_server` the endpoint the packet really went to.
+    bool followed = false;
+    std::optional<Endpoint> rewritten_server;
+    // A metadata request in absolute-URI form to an HTTP proxy, or a packet
+    // of that connection: flow.server is the proxy.
+    bool via_proxy = false;
+    // cgroup egress FROM a target: a socket of this machine answers for the
+    // endpoint; its own bound address (the DNAT target, or the target
+    // address itself for an agent bound to it).
+    std::optional<Endpoint> answering_socket;
     // Parsed heads (redacted), present on the packet carrying them.
     std::optional<HttpRequest> request;
     std::optional<HttpResponse> response;

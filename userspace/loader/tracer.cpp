@@ -314,6 +314,8 @@ KernelFeatures KernelFeatures::probe() {
     kf.kfree_skb_rx_sk = tracepoint_args(vmlinux, "btf_trace_kfree_skb") >= 4;
     kf.icmp_send_tracepoint = btf_has(vmlinux, "btf_trace_icmp_send", BTF_KIND_TYPEDEF);
     kf.connect_tracepoint = btf_has(vmlinux, "btf_trace_inet_sock_set_state", BTF_KIND_TYPEDEF);
+    kf.syscall_tracepoints = btf_has(vmlinux, "btf_trace_sys_enter", BTF_KIND_TYPEDEF) &&
+                             btf_has(vmlinux, "btf_trace_sys_exit", BTF_KIND_TYPEDEF);
     kf.tcx_ingress = enum_value(vmlinux, "bpf_attach_type", "BPF_TCX_INGRESS");
     kf.tcx_egress = enum_value(vmlinux, "bpf_attach_type", "BPF_TCX_EGRESS");
     kf.tcx = kf.tcx_ingress >= 0 && kf.tcx_egress >= 0;
@@ -392,6 +394,8 @@ std::unique_ptr<Tracer> Tracer::start(const TracerConfig& config, const KernelFe
     const_cast<bool&>(ro->kfree_skb_has_rx_sk) = kf.kfree_skb_rx_sk;
     bpf_program__set_autoload(impl.skel->progs.observe_icmp_send, kf.icmp_send_tracepoint);
     bpf_program__set_autoload(impl.skel->progs.observe_connect, kf.connect_tracepoint);
+    bpf_program__set_autoload(impl.skel->progs.observe_connect_enter, kf.syscall_tracepoints);
+    bpf_program__set_autoload(impl.skel->progs.observe_connect_exit, kf.syscall_tracepoints);
     if (config.cgroup_dir.empty()) {
         bpf_program__set_autoload(impl.skel->progs.socket_egress, false);
         bpf_program__set_autoload(impl.skel->progs.socket_ingress, false);
@@ -431,6 +435,11 @@ std::unique_ptr<Tracer> Tracer::start(const TracerConfig& config, const KernelFe
     if (kf.connect_tracepoint) {
         attach_tp(impl.skel->progs.observe_connect, "sock/inet_sock_set_state");
         impl.summary.push_back("processes: tp_btf/inet_sock_set_state (pid, comm of connect())");
+    }
+    if (kf.syscall_tracepoints) {
+        attach_tp(impl.skel->progs.observe_connect_enter, "raw_syscalls/sys_enter");
+        attach_tp(impl.skel->progs.observe_connect_exit, "raw_syscalls/sys_exit");
+        impl.summary.push_back("connect() failures: tp_btf/sys_enter and sys_exit (errors before the first packet)");
     }
     if (kf.icmp_send_tracepoint) {
         attach_tp(impl.skel->progs.observe_icmp_send, "icmp/icmp_send");

@@ -27,6 +27,7 @@ struct KernelFeatures {
     bool kfree_skb_rx_sk = false;    // v6.11+: and the receiving socket (its netns for TCP drops)
     bool icmp_send_tracepoint = false;  // v6.9+: icmp/icmp_send
     bool connect_tracepoint = false;    // v4.16+: sock/inet_sock_set_state
+    bool syscall_tracepoints = false;   // raw_syscalls sys_enter/sys_exit (connect() failures)
     bool tcx = false;                // v6.6+: tcx links (detach on process exit)
     int tcx_ingress = -1;            // enum bpf_attach_type values of this kernel
     int tcx_egress = -1;

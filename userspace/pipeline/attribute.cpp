@@ -7,13 +7,22 @@ namespace imdstrace {
 TransactionRecord attribute(const Transaction& t, std::int64_t wall_ms, const CgroupNamer& cgroup_of,
                             PodResolver& pods, bool target_on_node) {
     TransactionRecord r;
-    const auto c = classify(t, t.client_flow.server.str());
     r.wall_ms = wall_ms;
     r.client = t.client_flow.client;
     r.server = t.client_flow.server;
+    if (t.via_proxy) {
+        // The endpoint the request names, not the proxy it went to.
+        r.via_proxy = t.via_proxy;
+        if (t.request && !t.request->absolute_authority.empty())
+            if (auto named = Endpoint::parse(t.request->absolute_authority, 80)) r.server = *named;
+    }
+    const auto c = classify(t, r.server.str());
+    r.answered_by = t.answered_on_node;
+    r.redirected_to = t.redirected_to;
+    r.connect_errno = t.connect_errno;
     if (t.cgroup_id && cgroup_of) r.cgroup = cgroup_of(t.cgroup_id);
     if (!r.cgroup.empty()) r.pod = pods.by_cgroup(r.cgroup);
-    if (!r.pod) r.pod = pods.by_ip(r.client.addr);
+    if (!r.pod && !t.connect_errno) r.pod = pods.by_ip(r.client.addr);  // a failed connect() has no address
     r.request = t.request;
     r.process = t.process;
     if (t.response) r.status = t.response->status;

@@ -68,10 +68,17 @@ bool NodeScope::admits(const Observation& o) {
         if (o.in_traced_cgroup && o.netns) netns_.insert(o.netns);
         return true;
     }
+    // A failed connect() is a transaction of its own: the task must be
+    // this node's (in the traced tree, or in one of its namespaces).
+    if (o.hook == Hook::connect_failed && o.in_traced_cgroup) {
+        if (o.netns) netns_.insert(o.netns);
+        return true;
+    }
     // tc runs on this namespace's uplinks, cgroup_skb on the traced tree's
     // sockets: both are this node by construction.  A kernel event that
     // names no namespace cannot be placed elsewhere either.
-    if ((o.hook != Hook::drop && o.hook != Hook::icmp_send) || !o.netns) return true;
+    if ((o.hook != Hook::drop && o.hook != Hook::icmp_send && o.hook != Hook::connect_failed) || !o.netns)
+        return true;
     if (netns_.contains(o.netns)) return true;
     // A pod that started since the last look: look again, at most once a second.
     if (auto now = now_monotonic_ns(); now - last_scan_ns_ >= kRescanInterval) {

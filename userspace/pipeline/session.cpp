@@ -14,6 +14,7 @@
 #include "decode/kernel_names.hpp"
 #include "decode/observation.hpp"
 #include "loader/uplink.hpp"
+#include "pipeline/answering.hpp"
 #include "pipeline/attribute.hpp"
 #include "pipeline/node_scope.hpp"
 #include "sinks/events_file.hpp"
@@ -116,6 +117,7 @@ struct Session::Impl {
     std::unique_ptr<CgroupPaths> cgroup_paths;
     std::unique_ptr<Correlator> correlator;
     std::unique_ptr<Tracer> tracer;
+    std::unique_ptr<SocketOwners> socket_owners;  // who answered locally
     // Sinks.
     std::unique_ptr<EventsFile> events;
     std::unique_ptr<PcapWriter> pcap;
@@ -153,6 +155,10 @@ struct Session::Impl {
 
     // 4. correlate hands over a finished transaction: judge and attribute it.
     void on_transaction(Transaction&& t) {
+        for (auto& d : t.drops)
+            if (d.rewritten) d.rewritten_to_node = is_local_address(d.rewritten->addr);
+        if (t.answered_on_node && !t.answered_on_node->process)
+            t.answered_on_node->process = socket_owners->owner(t.answered_on_node->socket);
         const bool on_node = node_local_agent_address(t.client_flow.server.addr) ||
                              std::find(targets_on_node.begin(), targets_on_node.end(), t.client_flow.server) !=
                                  targets_on_node.end();
@@ -224,6 +230,9 @@ void Session::start() {
     impl.reasons = DropReasons::from_kernel_btf();
     CorrelatorOptions co;
     co.node_netns = impl.scope->own_netns();
+    co.targets = bpf_target_table(opts_.targets);
+    impl.socket_owners = std::make_unique<SocketOwners>(
+        opts_.host_root() == "/" || opts_.host_root().empty() ? "/proc" : opts_.host_root() + "/proc");
     impl.correlator = std::make_unique<Correlator>(
         [this](Transaction&& t) { impl_->on_transaction(std::move(t)); },
         [this](std::uint32_t v) { return impl_->reasons.name(v); },

@@ -116,7 +116,9 @@ json to_json(const TransactionRecord& r) {
                          {"direction", d.response ? "response" : "request"},
                          {"count", d.count},
                          {"netns", d.netns ? json(d.netns) : json(nullptr)},
-                         {"place", d.place.empty() ? json(nullptr) : json(d.place)}});
+                         {"place", d.place.empty() ? json(nullptr) : json(d.place)},
+                         {"after_dnat_to", d.rewritten ? json(d.rewritten->str()) : json(nullptr)},
+                         {"after_dnat_to_node", d.rewritten_to_node}});
     j["drops"] = drops;
     j["icmp_time_exceeded"] = r.icmp_time_exceeded;
     j["retransmits"] = r.retransmits;
@@ -124,6 +126,19 @@ json to_json(const TransactionRecord& r) {
     j["opened_before_tracing"] = r.opened_before_tracing;
     j["incomplete"] = r.incomplete;
     j["target_on_node"] = r.target_on_node;
+    // The path: where the request went and who answered.
+    auto endpoint = [](const std::optional<Endpoint>& e) { return e ? json(e->str()) : json(nullptr); };
+    j["path"] = {{"redirected_to", endpoint(r.redirected_to)},
+                 {"via_proxy", endpoint(r.via_proxy)},
+                 {"connect_errno", optional_int(r.connect_errno)}};
+    if (r.answered_by) {
+        json a = {{"by", "node"}, {"socket", r.answered_by->socket.str()}, {"process", nullptr}};
+        if (r.answered_by->process)
+            a["process"] = {{"pid", r.answered_by->process->pid}, {"comm", r.answered_by->process->comm}};
+        j["answered_by"] = a;
+    } else {
+        j["answered_by"] = nullptr;
+    }
     return j;
 }
 
@@ -198,6 +213,10 @@ TransactionRecord record_from_json(const json& j) {
         if (d.contains("netns") && d["netns"].is_number_unsigned() && d["netns"].get<std::uint64_t>() <= UINT32_MAX)
             dr.netns = d["netns"].get<std::uint32_t>();
         if (d.contains("place") && d["place"].is_string()) dr.place = get_string(d, "place");
+        if (d.contains("after_dnat_to") && d["after_dnat_to"].is_string())
+            dr.rewritten = Endpoint::parse(d["after_dnat_to"].get<std::string>(), 0);
+        dr.rewritten_to_node = d.contains("after_dnat_to_node") && d["after_dnat_to_node"].is_boolean() &&
+                               d["after_dnat_to_node"].get<bool>();
         r.drops.push_back(dr);
     }
     r.icmp_time_exceeded = get_count(j, "icmp_time_exceeded", 0);
@@ -207,6 +226,36 @@ TransactionRecord record_from_json(const json& j) {
     r.opened_before_tracing = flag("opened_before_tracing");
     r.incomplete = flag("incomplete");
     r.target_on_node = flag("target_on_node");
+    // Recordings from before the path fields have none: nothing is implied.
+    auto endpoint_at = [](const json& o, const char* key) -> std::optional<Endpoint> {
+        if (!o.contains(key) || o[key].is_null()) return std::nullopt;
+        if (!o[key].is_string()) throw std::runtime_error(fmt::format("field \"{}\" must be ADDR:PORT or null", key));
+        auto e = Endpoint::parse(o[key].get<std::string>(), 0);
+        if (!e) throw std::runtime_error(fmt::format("field \"{}\" is not ADDR:PORT", key));
+        return e;
+    };
+    if (j.contains("path")) {
+        const auto& path = object_or_null(j["path"], "path");
+        if (!path.is_null()) {
+            r.redirected_to = endpoint_at(path, "redirected_to");
+            r.via_proxy = endpoint_at(path, "via_proxy");
+            r.connect_errno = get_optional_int(path, "connect_errno", 1, 4095);
+        }
+    }
+    if (j.contains("answered_by")) {
+        const auto& a = object_or_null(j["answered_by"], "answered_by");
+        if (!a.is_null()) {
+            LocalAnswer la;
+            auto sock = endpoint_at(a, "socket");
+            if (!sock) throw std::runtime_error("field \"answered_by\" has no socket");
+            la.socket = *sock;
+            if (a.contains("process") && a["process"].is_object())
+                la.process = ProcessInfo{
+                    static_cast<std::uint32_t>(int_in(a["process"].value("pid", json(0)), "pid", 0, UINT32_MAX)),
+                    get_string(a["process"], "comm")};
+            r.answered_by = la;
+        }
+    }
     return r;
 }
 

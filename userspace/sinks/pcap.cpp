@@ -166,7 +166,8 @@ std::uint32_t PcapWriter::interface_for(const Observation& o) {
     case Hook::cgroup_ingress: name = "cgroup_skb ingress"; break;
     case Hook::drop: name = "kfree_skb (drops)"; break;
     case Hook::icmp_send: name = "icmp_send"; break;
-    case Hook::connect: break;  // not a packet: never written
+    case Hook::connect:
+    case Hook::connect_failed: break;  // not a packet: never written
     }
     if (auto it = interfaces_.find(name); it != interfaces_.end()) return it->second;
     std::string idb;
@@ -195,7 +196,7 @@ std::string PcapWriter::device_name(const Observation& o) const {
 }
 
 void PcapWriter::write(const Observation& o) {
-    if (o.hook == Hook::connect) return;  // who connect()ed: no packet to keep
+    if (o.hook == Hook::connect || o.hook == Hook::connect_failed) return;  // no packet to keep
     std::uint32_t ifid = interface_for(o);
     std::string pkt(12, '\0');  // destination and source MAC: not recorded
     put_be16(pkt, o.flow.client.addr.is_v4() ? 0x0800 : 0x86dd);

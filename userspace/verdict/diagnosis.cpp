@@ -75,8 +75,119 @@ const DropRecord* deciding_drop(Verdict v, const TransactionRecord& r) {
     return nullptr;
 }
 
+// connect(2) failed before a packet: the fix is in the pod's own network
+// setup or policy, not on the path.
+std::string connect_error_fix(const TransactionRecord& r) {
+    const bool v4 = r.server.addr.is_v4();
+    switch (*r.connect_errno) {
+    case 101:  // ENETUNREACH
+    case 113:  // EHOSTUNREACH
+    case 100:  // ENETDOWN
+        return v4 ? fmt::format("The pod has no IPv4 route to {0}: on an IPv6-only pod use the IPv6 endpoint "
+                                "(AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv6, or "
+                                "AWS_EC2_METADATA_SERVICE_ENDPOINT=http://[fd00:ec2::254]; httpProtocolIpv6 enabled on "
+                                "the instance), or give the pod an IPv4 route to {0} (check `ip route get {0}` in the "
+                                "pod's network namespace).",
+                                r.server.addr.str())
+                  : fmt::format("The pod has no IPv6 route to {0}: enable httpProtocolIpv6 on the instance and give "
+                                "the pod an IPv6 route to it, or use the IPv4 endpoint "
+                                "(AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv4).",
+                                r.server.addr.str());
+    case 22:  // EINVAL
+        return fmt::format("The pod routes {0} into a blackhole (or the client passes a bad address): check `ip route "
+                           "get {0}` in the pod's network namespace and remove the blackhole route.",
+                           r.server.addr.str());
+    case 13:  // EACCES: a prohibit route, or a policy
+        return fmt::format("connect() to {0} was refused inside the pod before any packet: first check `ip route get "
+                           "{1}` in the pod's network namespace (a \"prohibit\" route gives EACCES); otherwise a cgroup "
+                           "BPF connect program (bpftool cgroup tree) or an LSM profile of the container denies it: "
+                           "allow the metadata address there.",
+                           r.server.str(), r.server.addr.str());
+    case 1:  // EPERM
+        return fmt::format("connect() to {} was refused inside the kernel before any packet: a cgroup BPF connect "
+                           "program (a CNI or network policy agent's socket-level policy; bpftool cgroup tree) or an "
+                           "LSM (AppArmor/SELinux profile of the container) denies it: allow the metadata address "
+                           "there.",
+                           r.server.str());
+    case 99:  // EADDRNOTAVAIL
+        return fmt::format("The pod has no usable source address to reach {}: check the pod's addresses (`ip addr` "
+                           "in its network namespace) and, for IPv6, that its address is not tentative/deprecated.",
+                           r.server.addr.str());
+    case 97:  // EAFNOSUPPORT
+        return v4 ? "The client's socket cannot use IPv4 here: use the IPv6 endpoint "
+                    "(AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv6) or enable IPv4 for the pod."
+                  : "IPv6 is switched off for the client (net.ipv6.conf.all.disable_ipv6=1 or ipv6.disable=1): use "
+                    "the IPv4 endpoint (AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv4) or enable IPv6 for the pod.";
+    default:
+        return fmt::format("connect() to {} failed with errno {} before any packet: check the client's socket "
+                           "options and the pod's network setup.",
+                           r.server.str(), *r.connect_errno);
+    }
+}
+
+// Metadata requests sent to an HTTP proxy: the proxy's own identity and
+// headers (X-Forwarded-For: IMDS refuses token PUTs that carry it).
+std::string proxy_fix(const TransactionRecord& r) {
+    return fmt::format("The client sends its metadata requests through the HTTP proxy {} (HTTP_PROXY/http_proxy is "
+                       "set and the metadata address is not in NO_PROXY): set NO_PROXY (and no_proxy) to include "
+                       "169.254.169.254,fd00:ec2::254 as plain addresses; a CIDR such as 169.254.0.0/16 in NO_PROXY is "
+                       "ignored by most SDKs.",
+                       r.via_proxy->str());
+}
+
+// A socket of this node answered for the metadata address: the request was
+// intercepted (DNAT/REDIRECT to a metadata proxy such as kube2iam or kiam).
+std::string interception_fix(Verdict v, const TransactionRecord& r) {
+    const auto& a = *r.answered_by;
+    std::string who = a.process ? fmt::format("{} (pid {})", a.process->comm, a.process->pid)
+                                : fmt::format("the process listening on {}", a.socket.str());
+    std::string what = fmt::format("{} on this node answers for {} (DNAT to {})", who, r.server.str(), a.socket.str());
+    switch (v) {
+    case Verdict::forbidden:
+    case Verdict::bad_request:
+    case Verdict::token_required:
+    case Verdict::token_invalid:
+        return what + " and refuses the request: this is that proxy's answer, not IMDS's (no instance metadata "
+                      "option applies). Upgrade it to a version that passes IMDSv2 token requests (PUT "
+                      "/latest/api/token) through, or remove the interception (the DNAT rule and the agent).";
+    case Verdict::no_response:
+        return what + " and does not answer: the proxy is hung or overloaded; check its logs and restart it.";
+    default:
+        return what + ": check that proxy's logs and configuration; IMDS never saw the request.";
+    }
+}
+
+// DNAT on this node sent the request elsewhere and it went no further.
+std::string redirect_fix(Verdict v, const TransactionRecord& r) {
+    const std::string to = r.redirected_to->str();
+    switch (v) {
+    case Verdict::blocked:
+        return fmt::format("A policy on this node drops the metadata traffic after DNAT rewrote it to {0}: a rule "
+                           "that allows {1} no longer matches the rewritten destination. Allow {0} in the node's "
+                           "INPUT rules (or match the original destination: -m conntrack --ctorigdst {2}).",
+                           to, r.server.str(), r.server.addr.str());
+    case Verdict::refused:
+        return fmt::format("{1} is DNATed to {0} on this node and nothing listens there: the metadata proxy "
+                           "(kube2iam/kiam-style agent) is not running. Start it, or remove the DNAT rule "
+                           "(iptables -t nat -S PREROUTING | grep {2}).",
+                           to, r.server.str(), r.server.addr.str());
+    case Verdict::no_response:
+        return fmt::format("{1} is DNATed to {0} on this node, and {0} does not answer: check the agent that "
+                           "should listen there.",
+                           to, r.server.str());
+    default:
+        return fmt::format("{1} is DNATed to {0} on this node: the failure is on the redirected path, not at IMDS; "
+                           "check what the DNAT rule points at.",
+                           to, r.server.str());
+    }
+}
+
 std::string generic_fix(Verdict v, const TransactionRecord& example, const NodeFacts& node) {
+    if (example.connect_errno) return connect_error_fix(example);
+    if (example.via_proxy) return proxy_fix(example);
     if (example.target_on_node && v != Verdict::not_found) return node_agent_fix(v, example);
+    if (example.answered_by && example.answered_by->socket != example.server) return interception_fix(v, example);
+    if (example.redirected_to && !example.answered_by) return redirect_fix(v, example);
     if (v == Verdict::blocked || v == Verdict::no_route || v == Verdict::dropped)
         if (const auto* d = deciding_drop(v, example))
             return drop_fix(*d, example.family() == Family::ipv6, example.hops == 0, node);
@@ -300,14 +411,25 @@ Finding status_finding(Verdict v, const VerdictGroup& g, const std::vector<Trans
 }
 
 // One finding per failing verdict, worst first, naming every pod that met it.
+// Which way a record's request went: records of one verdict that took
+// different paths have different causes and different fixes.
+std::string path_kind(const TransactionRecord& r) {
+    if (r.connect_errno) return "connect:" + std::to_string(*r.connect_errno);
+    if (r.via_proxy) return "proxy:" + r.via_proxy->str();
+    if (r.answered_by && r.answered_by->socket != r.server) return "answered:" + r.answered_by->socket.str();
+    if (r.redirected_to) return "redirected:" + r.redirected_to->str();
+    return r.target_on_node ? "agent" : "";
+}
+
 std::vector<Finding> build_findings(const std::vector<TransactionRecord>& records, std::optional<int> hop_limit_observed,
                                     const NodeFacts& node) {
-    std::map<Verdict, VerdictGroup> groups;
+    std::map<std::pair<Verdict, std::string>, VerdictGroup> groups;
     for (const auto& r : records)
-        if (r.verdict != Verdict::ok) groups[r.verdict].add(r);
+        if (r.verdict != Verdict::ok) groups[{r.verdict, path_kind(r)}].add(r);
     std::vector<std::pair<Verdict, const VerdictGroup*>> order;
-    for (const auto& [v, g] : groups) order.emplace_back(v, &g);
-    std::sort(order.begin(), order.end(), [](const auto& a, const auto& b) { return severity(a.first) > severity(b.first); });
+    for (const auto& [k, g] : groups) order.emplace_back(k.first, &g);
+    std::stable_sort(order.begin(), order.end(),
+                     [](const auto& a, const auto& b) { return severity(a.first) > severity(b.first); });
     std::vector<Finding> out;
     for (const auto& [v, g] : order)
         out.push_back(v == Verdict::hop_limit_exceeded ? hop_limit_finding(*g, records, hop_limit_observed)

@@ -30,6 +30,8 @@ std::string netfilter_chain(const DropRecord& d, bool client_on_node) {
         // A request still in the namespace it was made in has not been routed
         // anywhere: only the local output path can drop it there.
         if (d.place == "pod" || client_on_node) return "OUTPUT";
+        // DNAT in PREROUTING made it the node's own: it was routed to INPUT.
+        if (d.place == "node" && d.rewritten_to_node) return "INPUT";
         if (d.place == "node" || d.place == "between") return "FORWARD (or PREROUTING)";
         return "OUTPUT or FORWARD";
     }

@@ -41,6 +41,11 @@ struct TransactionRecord {
     // The target address is one of this node's own (a node-local agent such
     // as the EKS Pod Identity agent): no uplink, no IMDS, no hop limit.
     bool target_on_node = false;
+    // The path (DESIGN.md "The path"; JSON "path" and "answered_by"):
+    std::optional<LocalAnswer> answered_by;  // a socket of this machine answered, not IMDS
+    std::optional<Endpoint> redirected_to;   // DNAT/REDIRECT on this node sent it here
+    std::optional<Endpoint> via_proxy;       // sent to this HTTP proxy as an absolute-URI request
+    std::optional<int> connect_errno;        // connect(2) failed before any packet
 
     Family family() const { return client.addr.family; }
     bool token_request() const { return request && request->is_token_request(); }

@@ -62,8 +62,57 @@ std::string describe_drops(const Transaction& t, bool (*pick)(const DropRecord&)
         out += " " + drop_place_words(d);
         if (!chain.empty()) out += " (" + chain + ")";
         if (d.place == "pod" && !d.response) out += ", before it left the pod";
+        if (d.rewritten) out += fmt::format(", after DNAT to {}", d.rewritten->str());
     }
     return out;
+}
+
+// Words for the errors connect(2) returns before a packet exists
+// (errno values of Linux, asm-generic/errno*.h).
+std::string connect_error_words(int err) {
+    switch (err) {
+    case 1: return "operation not permitted (EPERM): a cgroup BPF connect program or an LSM policy refused it";
+    case 13: return "permission denied (EACCES): a \"prohibit\" route, an LSM policy or a cgroup BPF program refused it";
+    case 22: return "invalid argument (EINVAL): a \"blackhole\" route to the address, or a malformed address";
+    case 97: return "address family not supported (EAFNOSUPPORT): that IP version is switched off for the socket";
+    case 99: return "cannot assign the source address (EADDRNOTAVAIL): no usable address of that family";
+    case 100: return "network is down (ENETDOWN)";
+    case 101: return "network unreachable (ENETUNREACH): no route to the address";
+    case 113: return "no route to host (EHOSTUNREACH)";
+    default: return fmt::format("errno {}", err);
+    }
+}
+
+// Where the request went, when not simply to the endpoint through an uplink.
+std::string path_evidence(const Transaction& t, std::string_view server_text) {
+    std::string out;
+    if (t.via_proxy)
+        out += fmt::format("; sent through the HTTP proxy {} as an absolute-URI request (not to {} itself)",
+                           t.via_proxy->str(), server_text);
+    if (t.answered_on_node) {
+        const auto& a = *t.answered_on_node;
+        std::string who = a.process ? fmt::format("{} (pid {})", a.process->comm, a.process->pid)
+                                    : std::string("a local socket");
+        const bool rewritten = a.socket != t.client_flow.server;
+        out += fmt::format("; answered on this node by {} at {}{}", who, a.socket.str(),
+                           rewritten ? " after DNAT" : "");
+        if (rewritten && !t.ttl_at_uplink && !t.response_at_uplink) out += "; the request never reached the uplink";
+    } else if (t.redirected_to && std::none_of(t.drops.begin(), t.drops.end(), [](const DropRecord& d) {
+                   return d.rewritten.has_value();
+               })) {
+        out += fmt::format("; DNAT on this node sent it to {}, not to {}", t.redirected_to->str(), server_text);
+    }
+    return out;
+}
+
+// The node's own reset of a redirected connection: nothing listened at the
+// DNAT target (NO_SOCKET there), and the reset went back un-NATed, as if
+// from the endpoint.
+const DropRecord* reset_at_redirect(const Transaction& t) {
+    if (!t.redirected_to) return nullptr;
+    for (const auto& d : t.drops)
+        if (d.rewritten && !d.response && d.reason == "NO_SOCKET") return &d;
+    return nullptr;
 }
 
 Verdict status_verdict(const Transaction& t) {
@@ -143,8 +192,26 @@ HopFigures hop_figures(const Transaction& t) {
     return h;
 }
 
+// The verdict from the packets (or the failed connect()), before the path.
+static Classification classify_packets(const Transaction& t, std::string_view server_text);
+
 Classification classify(const Transaction& t, std::string_view server_text) {
+    Classification c = classify_packets(t, server_text);
+    if (!t.connect_errno) c.evidence += path_evidence(t, server_text);
+    return c;
+}
+
+static Classification classify_packets(const Transaction& t, std::string_view server_text) {
     Classification c;
+    if (t.connect_errno) {
+        // No packet: nothing about hops, drops or answers can be said.
+        const int err = *t.connect_errno;
+        c.verdict = err == 1 || err == 13 ? Verdict::blocked : Verdict::no_route;
+        if (err == 22) c.verdict = Verdict::no_route;
+        c.evidence = fmt::format("connect() to {} failed before any packet was sent: {}", server_text,
+                                 connect_error_words(err));
+        return c;
+    }
     c.hops = hop_figures(t);
     const bool responded = t.response_at_uplink || t.delivered;
 
@@ -188,7 +255,12 @@ Classification classify(const Transaction& t, std::string_view server_text) {
 
     if (t.server_reset) {
         c.verdict = Verdict::refused;
-        c.evidence = fmt::format("connection reset by {}", server_text);
+        if (const auto* d = reset_at_redirect(t))
+            c.evidence = fmt::format("the node itself reset the connection, not {}: nothing listens at {}, where DNAT "
+                                     "sent it ({}x NO_SOCKET at {})",
+                                     server_text, d->rewritten->str(), d->count, d->location);
+        else
+            c.evidence = fmt::format("connection reset by {}", server_text);
         return c;
     }
 

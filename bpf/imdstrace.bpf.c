@@ -552,9 +552,13 @@ static __always_inline void observe_skb(struct __sk_buff *skb, __u32 l3_off, __u
 		struct iphdr *iph = data + l3_off;
 
 		if ((void *)(iph + 1) > data_end) {
-			if (observe_target(skb, l3_off, hook, from_target, false) || !cgroup_egress)
+			/* Also where BPF_PROG_TEST_RUN gives cgroup_skb no data pointers (before ~6.13). */
+			if (observe_target(skb, l3_off, hook, from_target, false))
 				return;
-			observe_target(skb, l3_off, hook, true, false);
+			if (cgroup_egress && observe_target(skb, l3_off, hook, true, false))
+				return;
+			if (cgroup_egress || (cgroup_ingress && proxied))
+				observe_proxied(skb, l3_off, hook, false);
 			return;
 		}
 		if (match_v4_addr(from_target ? iph->saddr : iph->daddr) != IMDS_NO_TARGET) {
@@ -577,9 +581,12 @@ static __always_inline void observe_skb(struct __sk_buff *skb, __u32 l3_off, __u
 		if (n_targets_v6 == 0)
 			return;
 		if ((void *)(ip6 + 1) > data_end) {
-			if (observe_target(skb, l3_off, hook, from_target, true) || !cgroup_egress)
+			if (observe_target(skb, l3_off, hook, from_target, true))
 				return;
-			observe_target(skb, l3_off, hook, true, true);
+			if (cgroup_egress && observe_target(skb, l3_off, hook, true, true))
+				return;
+			if (cgroup_egress || (cgroup_ingress && proxied))
+				observe_proxied(skb, l3_off, hook, true);
 			return;
 		}
 		if (match_v6_addr(from_target ? (const __u32 *)&ip6->saddr : (const __u32 *)&ip6->daddr) !=

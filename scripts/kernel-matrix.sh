@@ -116,6 +116,7 @@ PROJECT_FILES=(
   "$REPO/tests/e2e/failure_modes.sh:/repo/tests/e2e/failure_modes.sh"
   "$REPO/tests/e2e/probe.sh:/repo/tests/e2e/probe.sh"
   "$REPO/tests/e2e/scope.sh:/repo/tests/e2e/scope.sh"
+  "$REPO/tests/e2e/path.sh:/repo/tests/e2e/path.sh"
   "$BUILD_DIR/tests/testbed/k8s-api-standin:/usr/bin/k8s-api-standin"
   "$BUILD_DIR/tests/testbed/ttl-datapath:/usr/bin/ttl-datapath"
   "$BUILD_DIR/tests/imdstrace_unit_tests:/usr/bin/imdstrace_unit_tests"
@@ -362,7 +363,7 @@ MODULES_COPY="veth sch_ingress cls_bpf act_bpf act_gact act_mirred cls_u32 cls_m
   ip6table_filter ip6table_nat ip6table_mangle ip6table_raw
   xt_MASQUERADE xt_conntrack xt_nat xt_tcpudp xt_comment xt_mark xt_addrtype xt_multiport
   xt_state xt_limit xt_LOG xt_owner xt_CT xt_physdev xt_set ip_set ipt_REJECT ip6t_REJECT
-  nf_log_syslog"
+  nf_log_syslog inet_diag tcp_diag"
 # Modules loaded at boot. Legacy iptable_*/ip6table_* stay out: registering their tables makes
 # iptables-nft warn on every listing; the kernel autoloads them if iptables-legacy is used.
 MODULES_LOAD_SKIP='^(iptable_|ip6table_|ip_tables$|ip6_tables$)'

@@ -17,6 +17,12 @@
 #   path.sh connect_noroute an IPv6-only pod (no IPv4 route) using the IPv4 endpoint: connect()
 #                           fails with ENETUNREACH, no packet: NO_ROUTE with the IPv6-endpoint fix;
 #                           a "prohibit" route (EACCES) and an "unreachable" route (EHOSTUNREACH) too
+#   path.sh dnat_elsewhere  DNAT of pod1's requests to a 403 server in pod2 (not a socket of the node's
+#                           namespace): the request never left through an uplink, so the fix is the
+#                           DNAT rule and its target, never an IMDS setting
+#   path.sh pod_redirect    a REDIRECT in pod1's own OUTPUT chain to a sidecar-like server on
+#                           127.0.0.1:15001 answering 403: answered inside the pod, this window's
+#                           connection, the fix is the sidecar's interception
 #   path.sh proxy           the real aws-sdk-go-v2 client with HTTP_PROXY set and no NO_PROXY: its
 #                           absolute-URI requests to the proxy are metadata requests of the pod; the
 #                           proxy's X-Forwarded-For gets the token PUT a 403; the fix is NO_PROXY
@@ -86,6 +92,15 @@ dnat_pod1_to_node() {  # DNAT pod1's metadata requests to NODE_ADDR:8181, as kub
         -j DNAT --to-destination "$NODE_ADDR:8181"
 }
 
+start_pod_daemon() {  # start_pod_daemon I NAME CMD... : in pod I; waits for NAME.ready
+    local pod=$1 name=$2; shift 2
+    "$TESTBED" exec --prefix "$PREFIX" --pod "$pod" -- "$@" >"$WORK/$name.log" 2>&1 &
+    EXTRA_PIDS+=("$!")
+    for _ in $(seq 100); do [[ -f "$WORK/$name.ready" ]] && break; sleep 0.1; done
+    [[ -f "$WORK/$name.ready" ]] || { cat "$WORK/$name.log" >&2; fail "$name did not start"; exit 1; }
+    EXTRA_PIDS+=("$(cat "$WORK/$name.pid")")
+}
+
 start_node_daemon() {  # start_node_daemon NAME CMD... : in the node (host cgroup); waits for NAME.ready
     local name=$1; shift
     "$TESTBED" exec --prefix "$PREFIX" --host -- "$@" >"$WORK/$name.log" 2>&1 &
@@ -147,6 +162,48 @@ scenario_dnat_refused() {
         '.findings[0].evidence | test("the node itself reset the connection, not 169.254.169.254:80: nothing listens at 198.18.0.2:8181") and test("NO_SOCKET")'
     expect_jq "fix: the DNAT target's agent is not running" "$d" \
         '.findings[0].fix | test("DNATed to 198.18.0.2:8181 on this node and nothing listens there")'
+    expect_clean "after diagnose exited"
+}
+
+scenario_dnat_elsewhere() {
+    testbed_up 2 --pods 2
+    start_pod_daemon 2 agent "$IMDS_EMULATOR" --listen "$POD2_IP:8181" --endpoint disabled --quiet \
+        --pidfile "$WORK/agent.pid" --ready-file "$WORK/agent.ready"
+    in_node iptables -t nat -A PREROUTING -i "$POD1_VETH" -p tcp -d 169.254.169.254 --dport 80 \
+        -j DNAT --to-destination "$POD2_IP:8181"
+    diagnose_pod1 "$WORK/d.json" --attempts 1 --timeout-ms 800
+    local d="$WORK/d.json"
+    expect_eq "diagnose exits 3" "$TRACER_RC" "3"
+    expect_jq "pod1 FORBIDDEN" "$d" '.pods[] | select(.name == "pod1") | .verdict == "FORBIDDEN"'
+    expect_each "pod1's requests never reached the uplink" "$WORK/events.jsonl" '.pod.name == "pod1"' \
+        '.path.reached_uplink == false'
+    local f='[.findings[] | select(.pods | index("testbed/pod1"))][0]'
+    expect_jq "evidence: answered on this node, never left through an uplink" "$d" \
+        "$f.evidence | test(\"answered on this node: the request never left through an uplink\")"
+    expect_jq "fix: the DNAT rule and what it points at, no IMDS setting" "$d" \
+        "$f.fix | test(\"never left this node through an uplink\") and (test(\"http-endpoint\") | not)"
+    expect_clean "after diagnose exited"
+}
+
+scenario_pod_redirect() {
+    testbed_up 2
+    nsenter --net="$POD1_NETNS_PATH" iptables -t nat -A OUTPUT -p tcp -d 169.254.169.254 --dport 80 \
+        -j REDIRECT --to-ports 15001
+    start_pod_daemon 1 sidecar "$IMDS_EMULATOR" --listen 127.0.0.1:15001 --endpoint disabled --quiet \
+        --pidfile "$WORK/sidecar.pid" --ready-file "$WORK/sidecar.ready"
+    diagnose_pod1 "$WORK/d.json" --attempts 1 --timeout-ms 800
+    local d="$WORK/d.json"
+    expect_eq "diagnose exits 3" "$TRACER_RC" "3"
+    expect_jq "pod1 FORBIDDEN, a connection of this window (not set aside)" "$d" \
+        '.pods[] | select(.name == "pod1") | .verdict == "FORBIDDEN"'
+    expect_each "answered inside the pod by the sidecar's process" "$WORK/events.jsonl" \
+        '.pod.name == "pod1"' \
+        '.answered_by.by == "pod" and .answered_by.process.comm == "imds-emulator" and .opened_before_tracing == false'
+    local f='[.findings[] | select(.pods | index("testbed/pod1"))][0]'
+    expect_jq "evidence: inside the pod, after a REDIRECT in its own namespace" "$d" \
+        "$f.evidence | test(\"answered inside the pod by imds-emulator .* after a REDIRECT in the pod's own namespace\")"
+    expect_jq "fix: the sidecar's interception, no IMDS setting" "$d" \
+        "$f.fix | test(\"excludeOutboundIPRanges\") and (test(\"http-endpoint\") | not)"
     expect_clean "after diagnose exited"
 }
 
@@ -214,7 +271,9 @@ dnat_answered) scenario_dnat_answered ;;
 dnat_blocked) scenario_dnat_blocked ;;
 dnat_refused) scenario_dnat_refused ;;
 connect_noroute) scenario_connect_noroute ;;
+dnat_elsewhere) scenario_dnat_elsewhere ;;
+pod_redirect) scenario_pod_redirect ;;
 proxy) scenario_proxy ;;
-*) echo "usage: $0 pod_rule|node_rule|no_forwarding|dnat_answered|dnat_blocked|dnat_refused|connect_noroute|proxy" >&2; exit 2 ;;
+*) echo "usage: $0 pod_rule|node_rule|no_forwarding|dnat_answered|dnat_blocked|dnat_refused|connect_noroute|dnat_elsewhere|pod_redirect|proxy" >&2; exit 2 ;;
 esac
 finish

@@ -12,6 +12,8 @@
 #   only this node, only this window: after the fix, two testbeds with the same
 #   addresses, a proxy's socket bookkeeping in another namespace, a 403 token
 #   answer, the node-local Pod Identity agent, a pod on a second ENI
+#   the real path: DNAT to a local proxy that answers, is blocked, is not running; connect()
+#   failing before any packet (no IPv4 route, prohibit and unreachable routes)
 # and before them the BPF_PROG_TEST_RUN tests (imdstrace_bpf_tests) and, where the runner asks
 # for them, the unit tests (imdstrace_unit_tests): on arm64 the only place they run.
 #
@@ -62,7 +64,8 @@ done
 for t in "hop_limit.sh limit1" "hop_limit.sh limit2" "hop_limit.sh ipv6" "lifecycle.sh signals" \
 	"attribution.sh k8s_node" "failure_modes.sh blocked" "failure_modes.sh cilium" "probe.sh failing" \
 	"scope.sh after_fix" "scope.sh two_nodes" "scope.sh bookkeeping" "scope.sh xff" "scope.sh node_local" \
-	"scope.sh eni2"; do
+	"scope.sh eni2" "path.sh dnat_answered" "path.sh dnat_blocked" "path.sh dnat_refused" \
+	"path.sh connect_noroute"; do
 	say "== $t (at $(cut -d' ' -f1 /proc/uptime) s)"
 	# dash has no pipefail: the test's status travels through a file.
 	rm -f /tmp/scenario.rc

@@ -24,6 +24,12 @@ struct IpAddr {
     static IpAddr from_raw(Family f, const std::uint8_t* raw16);
     std::string str() const;
     bool is_v4() const { return family == Family::ipv4; }
+    // 0.0.0.0 / :: (a socket bound to every address)
+    bool is_unspecified() const {
+        for (std::size_t i = 0; i < (is_v4() ? 4u : 16u); ++i)
+            if (bytes[i] != 0) return false;
+        return true;
+    }
 
     auto operator<=>(const IpAddr&) const = default;
 };

@@ -227,7 +227,12 @@ void Correlator::observe(const Observation& seen) {
     }
     if (o.answering_socket) {
         if (!c->answered_on_node) c->answered_on_node = LocalAnswer{*o.answering_socket, o.cgroup_id, std::nullopt};
-        if (*o.answering_socket != o.flow.server) c->redirected_to = *o.answering_socket;
+        // A wildcard bind says the port, not where DNAT sent it.
+        if (*o.answering_socket != o.flow.server && !o.answering_socket->addr.is_unspecified())
+            c->redirected_to = *o.answering_socket;
+        // The answering socket's handshake: the connection is this window's,
+        // though its SYN went out to the rewritten address.
+        if (o.is_synack()) c->opened_in_window = true;
     }
     apply(*c, o);
 }
@@ -317,7 +322,10 @@ void Correlator::on_to_target(Connection& c, const Observation& o) {
 }
 
 void Correlator::on_from_target(Connection& c, const Observation& o) {
-    if (o.hook == Hook::cgroup_ingress) c.seen_at_socket = true;
+    if (o.hook == Hook::cgroup_ingress) {
+        c.seen_at_socket = true;
+        if (!c.cgroup_id) c.cgroup_id = o.cgroup_id;  // its request went out rewritten, unseen
+    }
     if (o.is_synack()) {
         c.handshake_answered = true;
         if (!c.isn) c.isn = o.ack - 1;
@@ -366,6 +374,7 @@ DropRecord Correlator::drop_record(const Observation& o) const {
     d.count = 1;
     d.netns = o.netns;
     if (o.followed) d.rewritten = o.rewritten_server;
+    d.device = o.ifname;
     return d;
 }
 
@@ -425,6 +434,7 @@ Transaction Correlator::to_transaction(const Connection& c, const Exchange& x) c
     t.answered_on_node = c.answered_on_node;
     t.redirected_to = c.redirected_to;
     t.via_proxy = c.via_proxy;
+    t.uplinks_traced = opts_.uplinks_traced;
     return t;
 }
 

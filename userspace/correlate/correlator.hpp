@@ -35,6 +35,7 @@ struct CorrelatorOptions {
     // IPv4 targets in configuration order, then IPv6 ones.  Followed packets
     // (DNAT, REDIRECT) are filed under the target their client asked for.
     std::vector<Endpoint> targets;
+    bool uplinks_traced = false;  // tc hooks on the uplinks: "never reached the uplink" means something
 };
 
 // The BPF target table order of a list of targets (see CorrelatorOptions::targets).

@@ -36,6 +36,7 @@ struct DropRecord {
     // REDIRECT had rewritten it: the drop happened after the rewrite.
     std::optional<Endpoint> rewritten;
     bool rewritten_to_node = false;  // ... to an address of this node: the packet went to INPUT, not FORWARD
+    std::string device;  // the device it was on, named in its own namespace ("" when none)
 
     // A TCP endpoint's own bookkeeping (duplicate or stale segments,
     // segments for a socket that is gone, a closing socket's queues freed),
@@ -56,6 +57,7 @@ struct LocalAnswer {
     Endpoint socket;             // its own bound address: the DNAT target, or the target address itself
     std::uint64_t cgroup_id = 0; // its cgroup
     std::optional<ProcessInfo> process;  // its owner, when found (sock_diag + /proc)
+    bool in_client_pod = false;  // the socket is the client's own pod's (a REDIRECT in the pod: a sidecar)
 };
 
 struct Transaction {
@@ -101,6 +103,13 @@ struct Transaction {
     std::optional<Endpoint> via_proxy;
     // connect(2) failed before any packet: the errno (ENETUNREACH, EPERM, ...)
     std::optional<int> connect_errno;
+    // Whether the request left through an uplink (or its answer came in
+    // through one): known only when the uplinks are traced, the client's
+    // own packets were seen and the target is not an address of this node.
+    // false: whatever answered (or did not), it was not IMDS.
+    std::optional<bool> reached_uplink;
+    bool uplinks_traced = false;  // the tc hooks ran on this node's uplinks
+    bool target_on_node = false;  // the target is an address of this node (a node-local agent)
 
     std::uint32_t drop_count() const {
         std::uint32_t n = 0;

@@ -15,6 +15,7 @@
 #include <array>
 #include <cstring>
 #include <fstream>
+#include <sstream>
 
 namespace imdstrace {
 
@@ -138,6 +139,72 @@ std::optional<ProcessInfo> process_with_socket(const std::string& proc_root, uns
     }
     ::closedir(procs);
     return found;
+}
+
+namespace {
+
+// A TCP socket on `port` in the network namespace of `pid`, from
+// /proc/PID/net/tcp and tcp6 (local_address "ADDR:PORT" in hex): a listener
+// first.  Its inode, or nullopt.
+std::optional<unsigned long> inode_on_port(const std::string& proc_root, const std::string& pid, std::uint16_t port) {
+    std::optional<unsigned long> any;
+    for (const char* table : {"/net/tcp", "/net/tcp6"}) {
+        std::ifstream in(proc_root + "/" + pid + table);
+        std::string line;
+        std::getline(in, line);  // header
+        while (std::getline(in, line)) {
+            std::istringstream fields(line);
+            std::string sl, local, remote, state, queues, timer, retr, uid, timeout, inode;
+            if (!(fields >> sl >> local >> remote >> state >> queues >> timer >> retr >> uid >> timeout >> inode)) continue;
+            auto colon = local.rfind(':');
+            if (colon == std::string::npos) continue;
+            if (std::strtoul(local.c_str() + colon + 1, nullptr, 16) != port) continue;
+            unsigned long ino = std::strtoul(inode.c_str(), nullptr, 10);
+            if (ino == 0) continue;
+            if (state == "0A") return ino;  // TCP_LISTEN
+            if (!any) any = ino;
+        }
+    }
+    return any;
+}
+
+bool holds_socket(const std::string& proc_root, const std::string& pid, unsigned long inode) {
+    const std::string want = "socket:[" + std::to_string(inode) + "]";
+    const std::string fd_dir = proc_root + "/" + pid + "/fd";
+    DIR* fds = ::opendir(fd_dir.c_str());
+    if (!fds) return false;
+    bool found = false;
+    char target[64];
+    while (auto* f = ::readdir(fds)) {
+        if (f->d_name[0] == '.') continue;
+        ssize_t n = ::readlinkat(::dirfd(fds), f->d_name, target, sizeof(target) - 1);
+        if (n > 0 && std::string_view(target, static_cast<std::size_t>(n)) == want) {
+            found = true;
+            break;
+        }
+    }
+    ::closedir(fds);
+    return found;
+}
+
+}  // namespace
+
+std::optional<ProcessInfo> SocketOwners::owner(const Endpoint& local, const std::string& cgroup_dir) {
+    if (auto p = owner(local)) return p;
+    if (cgroup_dir.empty()) return std::nullopt;
+    std::ifstream procs(cgroup_dir + "/cgroup.procs");
+    std::string pid;
+    while (procs >> pid) {
+        if (pid == "0") continue;  // outside this PID namespace
+        auto inode = inode_on_port(proc_root_, pid, local.port);
+        if (!inode || !holds_socket(proc_root_, pid, *inode)) continue;
+        ProcessInfo p;
+        p.pid = static_cast<std::uint32_t>(std::strtoul(pid.c_str(), nullptr, 10));
+        std::ifstream comm(proc_root_ + "/" + pid + "/comm");
+        std::getline(comm, p.comm);
+        return p;
+    }
+    return std::nullopt;
 }
 
 SocketOwners::SocketOwners(std::string proc_root) : proc_root_(std::move(proc_root)) {}

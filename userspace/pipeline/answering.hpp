@@ -25,6 +25,11 @@ public:
     // when no socket matches (it lives in another namespace, or closed),
     // or its owner is not visible.  Found owners are cached per endpoint.
     std::optional<ProcessInfo> owner(const Endpoint& local);
+    // The same, when the socket may live in another network namespace (a
+    // sidecar in a pod): among the processes of `cgroup_dir` (its
+    // cgroup.procs), the one whose /proc/PID/net/tcp{,6} lists a socket on
+    // that port and whose fds hold it.
+    std::optional<ProcessInfo> owner(const Endpoint& local, const std::string& cgroup_dir);
 
 private:
     std::string proc_root_;

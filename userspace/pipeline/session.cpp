@@ -157,11 +157,17 @@ struct Session::Impl {
     void on_transaction(Transaction&& t) {
         for (auto& d : t.drops)
             if (d.rewritten) d.rewritten_to_node = is_local_address(d.rewritten->addr);
-        if (t.answered_on_node && !t.answered_on_node->process)
-            t.answered_on_node->process = socket_owners->owner(t.answered_on_node->socket);
+        if (t.answered_on_node && !t.answered_on_node->process) {
+            std::string cg;
+            if (t.answered_on_node->cgroup_id)
+                if (auto rel = cgroup_paths->path_of(t.answered_on_node->cgroup_id); !rel.empty())
+                    cg = cgroup_paths->mount() + rel;
+            t.answered_on_node->process = socket_owners->owner(t.answered_on_node->socket, cg);
+        }
         const bool on_node = node_local_agent_address(t.client_flow.server.addr) ||
                              std::find(targets_on_node.begin(), targets_on_node.end(), t.client_flow.server) !=
                                  targets_on_node.end();
+        t.target_on_node = on_node;
         finished.push_back(attribute(
             t, wall_ms(t.start_ns), [this](std::uint64_t id) { return cgroup_paths->path_of(id); }, *pods, on_node));
     }
@@ -231,6 +237,7 @@ void Session::start() {
     CorrelatorOptions co;
     co.node_netns = impl.scope->own_netns();
     co.targets = bpf_target_table(opts_.targets);
+    co.uplinks_traced = !impl.uplinks.empty();
     impl.socket_owners = std::make_unique<SocketOwners>(
         opts_.host_root() == "/" || opts_.host_root().empty() ? "/proc" : opts_.host_root() + "/proc");
     impl.correlator = std::make_unique<Correlator>(

@@ -118,7 +118,8 @@ json to_json(const TransactionRecord& r) {
                          {"netns", d.netns ? json(d.netns) : json(nullptr)},
                          {"place", d.place.empty() ? json(nullptr) : json(d.place)},
                          {"after_dnat_to", d.rewritten ? json(d.rewritten->str()) : json(nullptr)},
-                         {"after_dnat_to_node", d.rewritten_to_node}});
+                         {"after_dnat_to_node", d.rewritten_to_node},
+                         {"device", d.device.empty() ? json(nullptr) : json(d.device)}});
     j["drops"] = drops;
     j["icmp_time_exceeded"] = r.icmp_time_exceeded;
     j["retransmits"] = r.retransmits;
@@ -128,11 +129,14 @@ json to_json(const TransactionRecord& r) {
     j["target_on_node"] = r.target_on_node;
     // The path: where the request went and who answered.
     auto endpoint = [](const std::optional<Endpoint>& e) { return e ? json(e->str()) : json(nullptr); };
-    j["path"] = {{"redirected_to", endpoint(r.redirected_to)},
+    j["path"] = {{"reached_uplink", r.reached_uplink ? json(*r.reached_uplink) : json(nullptr)},
+                 {"redirected_to", endpoint(r.redirected_to)},
                  {"via_proxy", endpoint(r.via_proxy)},
                  {"connect_errno", optional_int(r.connect_errno)}};
     if (r.answered_by) {
-        json a = {{"by", "node"}, {"socket", r.answered_by->socket.str()}, {"process", nullptr}};
+        json a = {{"by", r.answered_by->in_client_pod ? "pod" : "node"},
+                  {"socket", r.answered_by->socket.str()},
+                  {"process", nullptr}};
         if (r.answered_by->process)
             a["process"] = {{"pid", r.answered_by->process->pid}, {"comm", r.answered_by->process->comm}};
         j["answered_by"] = a;
@@ -215,6 +219,7 @@ TransactionRecord record_from_json(const json& j) {
         if (d.contains("place") && d["place"].is_string()) dr.place = get_string(d, "place");
         if (d.contains("after_dnat_to") && d["after_dnat_to"].is_string())
             dr.rewritten = Endpoint::parse(d["after_dnat_to"].get<std::string>(), 0);
+        if (d.contains("device") && d["device"].is_string()) dr.device = get_string(d, "device");
         dr.rewritten_to_node = d.contains("after_dnat_to_node") && d["after_dnat_to_node"].is_boolean() &&
                                d["after_dnat_to_node"].get<bool>();
         r.drops.push_back(dr);
@@ -240,6 +245,8 @@ TransactionRecord record_from_json(const json& j) {
             r.redirected_to = endpoint_at(path, "redirected_to");
             r.via_proxy = endpoint_at(path, "via_proxy");
             r.connect_errno = get_optional_int(path, "connect_errno", 1, 4095);
+            if (path.contains("reached_uplink") && path["reached_uplink"].is_boolean())
+                r.reached_uplink = path["reached_uplink"].get<bool>();
         }
     }
     if (j.contains("answered_by")) {
@@ -249,6 +256,7 @@ TransactionRecord record_from_json(const json& j) {
             auto sock = endpoint_at(a, "socket");
             if (!sock) throw std::runtime_error("field \"answered_by\" has no socket");
             la.socket = *sock;
+            la.in_client_pod = a.contains("by") && a["by"] == "pod";
             if (a.contains("process") && a["process"].is_object())
                 la.process = ProcessInfo{
                     static_cast<std::uint32_t>(int_in(a["process"].value("pid", json(0)), "pid", 0, UINT32_MAX)),

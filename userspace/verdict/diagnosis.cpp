@@ -130,8 +130,9 @@ std::string connect_error_fix(const TransactionRecord& r) {
 std::string proxy_fix(const TransactionRecord& r) {
     return fmt::format("The client sends its metadata requests through the HTTP proxy {} (HTTP_PROXY/http_proxy is "
                        "set and the metadata address is not in NO_PROXY): set NO_PROXY (and no_proxy) to include "
-                       "169.254.169.254,fd00:ec2::254 as plain addresses; a CIDR such as 169.254.0.0/16 in NO_PROXY is "
-                       "ignored by most SDKs.",
+                       "169.254.169.254,fd00:ec2::254 as plain addresses: Go matches CIDRs there, but Python's urllib "
+                       "(botocore, the AWS CLI) matches only names and addresses, so 169.254.0.0/16 is not enough "
+                       "for every client.",
                        r.via_proxy->str());
 }
 
@@ -139,9 +140,16 @@ std::string proxy_fix(const TransactionRecord& r) {
 // intercepted (DNAT/REDIRECT to a metadata proxy such as kube2iam or kiam).
 std::string interception_fix(Verdict v, const TransactionRecord& r) {
     const auto& a = *r.answered_by;
+    const std::string at = a.socket.addr.is_unspecified() && r.redirected_to ? r.redirected_to->str() : a.socket.str();
     std::string who = a.process ? fmt::format("{} (pid {})", a.process->comm, a.process->pid)
-                                : fmt::format("the process listening on {}", a.socket.str());
-    std::string what = fmt::format("{} on this node answers for {} (DNAT to {})", who, r.server.str(), a.socket.str());
+                                : fmt::format("the process listening on {}", at);
+    if (a.in_client_pod)
+        return fmt::format("{} inside the pod answers for {} (a REDIRECT in the pod's own network namespace to {}, "
+                           "as a service-mesh sidecar does): IMDS never saw the request. Exclude the metadata address "
+                           "from the sidecar's interception (Istio: the annotation "
+                           "traffic.sidecar.istio.io/excludeOutboundIPRanges: 169.254.169.254/32) or fix that proxy.",
+                           who, r.server.str(), at);
+    std::string what = fmt::format("{} on this node answers for {} (DNAT to {})", who, r.server.str(), at);
     switch (v) {
     case Verdict::forbidden:
     case Verdict::bad_request:
@@ -162,15 +170,19 @@ std::string redirect_fix(Verdict v, const TransactionRecord& r) {
     const std::string to = r.redirected_to->str();
     switch (v) {
     case Verdict::blocked:
+        if (const auto* d = deciding_drop(v, r); d && d->response)
+            return fmt::format("A policy on this node drops the replies of the agent at {0}, that DNAT sends {1} to "
+                               "(OUTPUT chain, source port {2}): allow that agent's replies to the pods.",
+                               to, r.server.str(), r.redirected_to->port);
         return fmt::format("A policy on this node drops the metadata traffic after DNAT rewrote it to {0}: a rule "
                            "that allows {1} no longer matches the rewritten destination. Allow {0} in the node's "
                            "INPUT rules (or match the original destination: -m conntrack --ctorigdst {2}).",
                            to, r.server.str(), r.server.addr.str());
     case Verdict::refused:
         return fmt::format("{1} is DNATed to {0} on this node and nothing listens there: the metadata proxy "
-                           "(kube2iam/kiam-style agent) is not running. Start it, or remove the DNAT rule "
-                           "(iptables -t nat -S PREROUTING | grep {2}).",
-                           to, r.server.str(), r.server.addr.str());
+                           "(kube2iam/kiam-style agent) is not running, or listens on another address. Start it, or "
+                           "remove the DNAT rule ({3} -t nat -S PREROUTING | grep {2}).",
+                           to, r.server.str(), r.server.addr.str(), r.server.addr.is_v4() ? "iptables" : "ip6tables");
     case Verdict::no_response:
         return fmt::format("{1} is DNATed to {0} on this node, and {0} does not answer: check the agent that "
                            "should listen there.",
@@ -182,12 +194,34 @@ std::string redirect_fix(Verdict v, const TransactionRecord& r) {
     }
 }
 
+// The request never left through an uplink and no drop explains it:
+// something on this node answered (or swallowed) it, not IMDS.
+std::string never_left_fix(Verdict v, const TransactionRecord& r) {
+    const char* ipt = r.server.addr.is_v4() ? "iptables" : "ip6tables";
+    return fmt::format(
+        "The request never left this node through an uplink, so {0} never saw it{1}: a DNAT or REDIRECT rule sends "
+        "it elsewhere (a metadata agent such as kube2iam/kiam, or another pod). Find it with `{2} -t nat -S | grep "
+        "{3}` (and `nft list ruleset`) on the node and in the pod, then fix the agent it points at or remove the rule; "
+        "no instance metadata option applies.",
+        r.server.str(),
+        v == Verdict::refused        ? " (the reset came from this node)"
+        : v == Verdict::no_response ? " (and whatever it went to did not answer)"
+                                     : fmt::format(" (the HTTP {} came from this node)", r.status.value_or(0)),
+        ipt, r.server.addr.str());
+}
+
 std::string generic_fix(Verdict v, const TransactionRecord& example, const NodeFacts& node) {
     if (example.connect_errno) return connect_error_fix(example);
     if (example.via_proxy) return proxy_fix(example);
     if (example.target_on_node && v != Verdict::not_found) return node_agent_fix(v, example);
     if (example.answered_by && example.answered_by->socket != example.server) return interception_fix(v, example);
     if (example.redirected_to && !example.answered_by) return redirect_fix(v, example);
+    const bool drop_verdict = v == Verdict::blocked || v == Verdict::no_route || v == Verdict::dropped;
+    if (example.reached_uplink == false && !drop_verdict && !example.answered_by) return never_left_fix(v, example);
+    if (v == Verdict::forbidden && example.request && example.request->forwarded_for)
+        return "IMDS refuses a token PUT that carries X-Forwarded-For (IMDSv2's guard against proxied requests): this "
+               "client forwards other clients' requests (an HTTP proxy). The clients behind it must bypass it for the "
+               "metadata address: NO_PROXY=169.254.169.254,fd00:ec2::254.";
     if (v == Verdict::blocked || v == Verdict::no_route || v == Verdict::dropped)
         if (const auto* d = deciding_drop(v, example))
             return drop_fix(*d, example.family() == Family::ipv6, example.hops == 0, node);
@@ -418,6 +452,8 @@ std::string path_kind(const TransactionRecord& r) {
     if (r.via_proxy) return "proxy:" + r.via_proxy->str();
     if (r.answered_by && r.answered_by->socket != r.server) return "answered:" + r.answered_by->socket.str();
     if (r.redirected_to) return "redirected:" + r.redirected_to->str();
+    if (r.reached_uplink == false) return "never-left-node";
+    if (r.request && r.request->forwarded_for) return "forwarded-for";
     return r.target_on_node ? "agent" : "";
 }
 

@@ -14,6 +14,9 @@ std::string at(const DropRecord& d) {
     return fmt::format("{}{}{}", d.location, d.reason.empty() ? "" : ", reason ", d.reason);
 }
 
+// The device a drop happened on, or words for it when the kernel named none.
+std::string dev_or(const DropRecord& d, const char* otherwise) { return d.device.empty() ? otherwise : d.device; }
+
 }  // namespace
 
 std::string drop_place_words(const DropRecord& d) {
@@ -36,6 +39,8 @@ std::string netfilter_chain(const DropRecord& d, bool client_on_node) {
         return "OUTPUT or FORWARD";
     }
     if (d.place == "pod") return "INPUT (or PREROUTING)";
+    // The reply of a local agent that DNAT sent the request to: it leaves through OUTPUT.
+    if (d.place == "node" && d.rewritten_to_node) return "OUTPUT";
     return client_on_node ? "INPUT (or PREROUTING)" : "FORWARD (or PREROUTING)";
 }
 
@@ -54,8 +59,9 @@ std::string drop_fix(const DropRecord& d, bool ipv6, bool client_on_node, const 
             "A netfilter rule on the node drops it ({} chain, at {}): `{}-save | grep -n -e DROP -e REJECT` and "
             "`nft list ruleset` on the node; look for network-policy chains (Calico, kube-router, Cilium's "
             "iptables mode) and rules matching 169.254.169.254 or the pod's address, and allow the pod's metadata "
-            "traffic (or the policy's egress rule for 169.254.169.254/32).",
-            chain, at(d), ipv6 ? "ip6tables" : "iptables");
+            "traffic (or the policy's egress rule for 169.254.169.254/32). No DROP rule? A nat rule that cannot "
+            "apply drops too: a REDIRECT on an interface without an IPv4 address (a VPC CNI veth): `{}-save -t nat`.",
+            chain, at(d), ipv6 ? "ip6tables" : "iptables", ipv6 ? "ip6tables" : "iptables");
     }
     if (d.reason.starts_with("BPF_CGROUP"))
         return fmt::format("A cgroup BPF program drops it {} ({}): a CNI or network-policy agent's socket filter "
@@ -74,6 +80,12 @@ std::string drop_fix(const DropRecord& d, bool ipv6, bool client_on_node, const 
                                "should route ({}). Set `sysctl -w {}=1` and persist it in /etc/sysctl.d (the VPC "
                                "CNI and kubelet expect it on; something on the node turned it off).",
                                sysctl, d.location, at(d), sysctl);
+        if (!d.response)
+            return fmt::format("The node refused to route the request {} ({}): forwarding is off for the interface it "
+                               "came in on ({} and net.ipv{}.conf.{}.forwarding must be 1), or no route fits; check "
+                               "`ip route get {} from <pod IP> iif {}` on the node.",
+                               where, at(d), sysctl, ipv6 ? 6 : 4, dev_or(d, "<pod's host veth>"),
+                               ipv6 ? "fd00:ec2::254" : "169.254.169.254", dev_or(d, "<pod's host veth>"));
         return fmt::format("The node refused to route it {} ({}): no usable route for the pod's traffic on the "
                            "node, or forwarding is off ({} and net.ipv4.conf.<uplink>.forwarding must be 1); check "
                            "`ip route get <pod IP> from 169.254.169.254 iif <uplink>` on the node.",
@@ -83,11 +95,16 @@ std::string drop_fix(const DropRecord& d, bool ipv6, bool client_on_node, const 
         return fmt::format("There is no route {} ({}): check `ip route get 169.254.169.254` in the pod and on the "
                            "node, and the node's route back to the pod's address.",
                            where, at(d));
+    if (d.reason == "IP_RPFILTER" && !d.response)
+        return fmt::format("Reverse-path filtering drops the pod's request {} ({}): the node's route back to the pod's "
+                           "address does not go out of {} (a missing or wrong pod route). Check `ip route get <pod IP>` "
+                           "on the node, or set net.ipv4.conf.{}.rp_filter=2 (loose).",
+                           where, at(d), dev_or(d, "the interface it came in on"), dev_or(d, "<pod's host veth>"));
     if (d.reason == "IP_RPFILTER")
         return fmt::format("Reverse-path filtering drops it {} ({}): the answer arrives on an interface the route "
                            "back does not use (a secondary ENI, policy routing). Set "
-                           "net.ipv4.conf.<uplink>.rp_filter=2 (loose), as the VPC CNI does.",
-                           where, at(d));
+                           "net.ipv4.conf.{}.rp_filter=2 (loose), as the VPC CNI does.",
+                           where, at(d), dev_or(d, "<uplink>"));
     if (d.reason.starts_with("NEIGH_"))
         return fmt::format("The next hop's link-layer address cannot be resolved {} ({}): check `ip neigh` on the "
                            "uplink and the pod's gateway entry (VPC CNI: 169.254.1.1 must resolve to the host "

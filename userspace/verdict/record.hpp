@@ -46,6 +46,7 @@ struct TransactionRecord {
     std::optional<Endpoint> redirected_to;   // DNAT/REDIRECT on this node sent it here
     std::optional<Endpoint> via_proxy;       // sent to this HTTP proxy as an absolute-URI request
     std::optional<int> connect_errno;        // connect(2) failed before any packet
+    std::optional<bool> reached_uplink;      // false: it never left through an uplink (not IMDS's doing)
 
     Family family() const { return client.addr.family; }
     bool token_request() const { return request && request->is_token_request(); }

@@ -83,6 +83,13 @@ std::string connect_error_words(int err) {
     }
 }
 
+// An answering socket's address in words: a wildcard bind names only its port.
+std::string socket_words(const LocalAnswer& a, const Transaction& t) {
+    if (!a.socket.addr.is_unspecified()) return a.socket.str();
+    if (t.redirected_to && t.redirected_to->port == a.socket.port) return t.redirected_to->str();
+    return fmt::format("port {} (bound to every address)", a.socket.port);
+}
+
 // Where the request went, when not simply to the endpoint through an uplink.
 std::string path_evidence(const Transaction& t, std::string_view server_text) {
     std::string out;
@@ -94,9 +101,18 @@ std::string path_evidence(const Transaction& t, std::string_view server_text) {
         std::string who = a.process ? fmt::format("{} (pid {})", a.process->comm, a.process->pid)
                                     : std::string("a local socket");
         const bool rewritten = a.socket != t.client_flow.server;
-        out += fmt::format("; answered on this node by {} at {}{}", who, a.socket.str(),
-                           rewritten ? " after DNAT" : "");
+        out += fmt::format("; {} {} by {} at {}{}", t.response ? "answered" : "accepted",
+                           a.in_client_pod ? "inside the pod" : "on this node", who, socket_words(a, t),
+                           !rewritten           ? ""
+                           : a.in_client_pod    ? " after a REDIRECT in the pod's own namespace"
+                                                : " after DNAT");
         if (rewritten && !t.ttl_at_uplink && !t.response_at_uplink) out += "; the request never reached the uplink";
+    } else if (t.reached_uplink == false && (t.delivered || t.server_reset || t.handshake_answered)) {
+        out += fmt::format("; {} on this node: the request never left through an uplink, so {} never saw it (a DNAT "
+                           "or REDIRECT rule sends it elsewhere)",
+                           t.delivered ? "answered" : t.server_reset ? "reset" : "accepted", server_text);
+    } else if (t.reached_uplink == false && t.drops.empty()) {
+        out += fmt::format("; the request never left through an uplink and no drop was seen: {} never saw it", server_text);
     } else if (t.redirected_to && std::none_of(t.drops.begin(), t.drops.end(), [](const DropRecord& d) {
                    return d.rewritten.has_value();
                })) {
@@ -256,8 +272,10 @@ static Classification classify_packets(const Transaction& t, std::string_view se
     if (t.server_reset) {
         c.verdict = Verdict::refused;
         if (const auto* d = reset_at_redirect(t))
-            c.evidence = fmt::format("the node itself reset the connection, not {}: nothing listens at {}, where DNAT "
-                                     "sent it ({}x NO_SOCKET at {})",
+            c.evidence = fmt::format("{} reset the connection, not {}: nothing listens at {}, where DNAT sent it "
+                                     "({}x NO_SOCKET at {})",
+                                     d->place == "node" || d->place.empty() ? "the node itself"
+                                                                            : "the network namespace at the DNAT target",
                                      server_text, d->rewritten->str(), d->count, d->location);
         else
             c.evidence = fmt::format("connection reset by {}", server_text);

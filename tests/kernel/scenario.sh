@@ -65,7 +65,7 @@ for t in "hop_limit.sh limit1" "hop_limit.sh limit2" "hop_limit.sh ipv6" "lifecy
 	"attribution.sh k8s_node" "failure_modes.sh blocked" "failure_modes.sh cilium" "probe.sh failing" \
 	"scope.sh after_fix" "scope.sh two_nodes" "scope.sh bookkeeping" "scope.sh xff" "scope.sh node_local" \
 	"scope.sh eni2" "path.sh dnat_answered" "path.sh dnat_blocked" "path.sh dnat_refused" \
-	"path.sh connect_noroute"; do
+	"path.sh connect_noroute" "path.sh dnat_elsewhere" "path.sh pod_redirect"; do
 	say "== $t (at $(cut -d' ' -f1 /proc/uptime) s)"
 	# dash has no pipefail: the test's status travels through a file.
 	rm -f /tmp/scenario.rc

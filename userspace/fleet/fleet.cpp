@@ -275,7 +275,9 @@ std::string format_fleet(const Fleet& f, bool color) {
         std::string indented;
         for (std::size_t start = 0; start < fix.size();) {
             auto end = fix.find('\n', start);
-            indented += (indented.empty() ? "  fix:   " : "\n         ") + fix.substr(start, end - start);
+            auto line = fix.substr(start, end - start);
+            line.erase(0, line.find_first_not_of(' '));  // aligned under the first line, as diagnose does
+            indented += (indented.empty() ? "  fix:   " : "\n         ") + line;
             start = end == std::string::npos ? fix.size() : end + 1;
         }
         o += indented + "\n";

@@ -140,11 +140,11 @@ YAML
     local f="$WORK/fleet.json"
     expect_jq "fleet: schema imdstrace.fleet/v1, two nodes" "$f" '.schema == "imdstrace.fleet/v1" and (.nodes | length) == 2'
     expect_jq "fleet: the failing node, hop limit 1, pods need 2, in node group general" "$f" \
-        ".nodes[] | select(.node == \"$failing_name\") | .verdict == \"FAILING\" and .hop_limit_observed == 1 and .required_hop_limit == 2 and .node_group == \"general\""
+        ".nodes[] | select(.node == \"$failing_name\") | .status == \"FAILING\" and .hop_limit_observed == 1 and .required_hop_limit == 2 and .node_group == \"general\""
     expect_jq "fleet: its failing pod testbed/pod1, HOP_LIMIT_EXCEEDED, 3 transactions" "$f" \
         ".nodes[] | select(.node == \"$failing_name\") | .failing_pods == [{\"namespace\":\"testbed\",\"name\":\"pod1\",\"required_hop_limit\":2,\"verdicts\":{\"HOP_LIMIT_EXCEEDED\":3},\"verdict\":\"HOP_LIMIT_EXCEEDED\"}]"
     expect_jq "fleet: the healthy node OK, hop limit 2, no failing pod" "$f" \
-        ".nodes[] | select(.node == \"$healthy_name\") | .verdict == \"OK\" and .hop_limit_observed == 2 and .failing_pods == []"
+        ".nodes[] | select(.node == \"$healthy_name\") | .status == \"OK\" and .hop_limit_observed == 2 and .failing_pods == []"
     expect_jq "fleet: node group general needs 2 and gets the fix; ci-runners none" "$f" \
         '([.node_groups[] | select(.node_group == "general")][0] | .required_hop_limit == 2 and (.fix | test("httpPutResponseHopLimit: 2"))) and ([.node_groups[] | select(.node_group == "ci-runners")][0].fix == null)'
     rc=0

@@ -142,7 +142,7 @@ TEST(Fleet, NodesFailingPodsGroupsAndTheFix) {
     EXPECT_EQ(f.groups[1].fix, "");
     auto j = to_json(f);
     EXPECT_EQ(j["schema"], "imdstrace.fleet/v1");
-    EXPECT_EQ(j["nodes"][0]["verdict"], "FAILING");
+    EXPECT_EQ(j["nodes"][0]["status"], "FAILING");
     EXPECT_EQ(j["nodes"][1]["node_group"], nullptr);
     auto text = format_fleet(f, false);
     EXPECT_NE(text.find("node group general: hop limit 1, its pods need 2 (nodes: node-a, node-c)"), std::string::npos)

@@ -217,7 +217,7 @@ nlohmann::json to_json(const Fleet& f) {
                          {"hop_limit_observed", opt(n.hop_limit_observed)},
                          {"required_hop_limit", opt(n.required_hop_limit)},
                          {"events_lost", n.events_lost},
-                         {"verdict", n.failing() ? "FAILING" : "OK"},
+                         {"status", n.failing() ? "FAILING" : "OK"},  // a node has no verdict: its pods do
                          {"failing_pods", pods}});
     }
     for (const auto& g : f.groups) {
@@ -246,7 +246,7 @@ std::string format_fleet(const Fleet& f, bool color) {
     for (const auto& n : f.nodes) failing_nodes += n.failing();
     std::string o = fmt::format("imdstrace fleet: {} node{} reporting to {}, {} failing (failures over the last {} s)\n\n",
                                 f.nodes.size(), f.nodes.size() == 1 ? "" : "s", f.prometheus, failing_nodes, f.window_s);
-    o += fmt::format("{:<8}  {:<40}  {:<20}  {:>4}  {:>5}  {}\n", "VERDICT", "NODE", "NODE GROUP", "HOPS", "NEEDS",
+    o += fmt::format("{:<8}  {:<40}  {:<20}  {:>4}  {:>5}  {}\n", "STATUS", "NODE", "NODE GROUP", "HOPS", "NEEDS",
                      "FAILING PODS");
     for (const auto& n : f.nodes) {
         std::string pods;

@@ -2,10 +2,17 @@
 # Install everything imdstrace needs to build and test, from Debian packages
 # (nothing is downloaded at build time).  Idempotent; root.
 #   scripts/setup.sh            build + test dependencies
+#   scripts/setup.sh --build    only what builds the imdstrace binary (deploy/Dockerfile's build stage)
 #   scripts/setup.sh --matrix   also the kernel-matrix tools for both rows, x86_64 and arm64
 #                               (qemu-system-x86/-arm, busybox, the aarch64 cross compiler, ...)
 set -euo pipefail
 
+build_pkgs=(
+  build-essential cmake pkg-config
+  clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev
+  libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev libyaml-cpp-dev
+  libcpp-httplib-dev libcurl4-openssl-dev
+)
 pkgs=(
   build-essential cmake pkg-config
   clang llvm                      # BPF target (clang -target bpf)
@@ -20,7 +27,11 @@ pkgs=(
   python3-yaml                    # tests/deploy: parse the Kubernetes manifests
   libclang-rt-14-dev              # tests/fuzz: libFuzzer, ASan, UBSan runtimes for Debian's clang
   golang-go golang-github-aws-aws-sdk-go-v2-dev   # the real aws-sdk-go-v2 IMDS client (tests/testbed/sdk_client)
+  prometheus                      # tests/e2e/fleet.sh (a real Prometheus), promtool (tests/deploy: rules)
+  mmdebstrap podman               # tests/e2e/image.sh: the image built from deploy/Dockerfile, no registry
+  libcap2-bin                     # capsh: the image run with exactly the DaemonSet's capabilities
 )
+[ "${1:-}" = "--build" ] && pkgs=("${build_pkgs[@]}")
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "setup: run as root (it installs packages with apt-get)" >&2

@@ -88,7 +88,27 @@ row 2 "output" diagnose -o yaml
 row 2 "log-level" watch --log-level loud
 row 2 "file is required|required" report
 
+row 2 "--events-max-bytes 10: expected a size of at least 4096" watch --events "$WORK/ev.jsonl" --events-max-bytes 10
+row 2 "--events-max-bytes 1Q: expected a size" watch --events "$WORK/ev.jsonl" --events-max-bytes 1Q
+row 2 "--events-max-bytes needs --events FILE" watch --events-max-bytes 1M
+row 2 "--events-max-files needs --events-max-bytes" watch --events "$WORK/ev.jsonl" --events-max-files 3
+row 2 "events-max-files" watch --events "$WORK/ev.jsonl" --events-max-bytes 1M --events-max-files 0
+row 2 "k8s-events-interval" watch --k8s-events-interval -1
+
+echo "== fleet"
+row 2 "prometheus is required" fleet
+row 2 "--prometheus ftp://x: expected an http:// or https:// URL" fleet --prometheus ftp://x
+row 2 "window" fleet --prometheus http://127.0.0.1:9090 --window 5
+row 1 "cannot reach Prometheus at http://127.0.0.1:1" fleet --prometheus http://127.0.0.1:1
+
 echo "== report"
+# A set rotated by --events-max-bytes: the base name reads FILE.1 (older) first, then FILE.
+cp "$CASES/report/truncated_last.jsonl" "$WORK/rot.jsonl.1"
+cp "$CASES/report/truncated_last.jsonl" "$WORK/rot.jsonl"
+row 3 "out:20 transactions" report "$WORK/rot.jsonl"
+row 3 "reading the rotated set, oldest first: $WORK/rot.jsonl.1, $WORK/rot.jsonl" report "$WORK/rot.jsonl"
+row 3 "out:10 transactions" report "$WORK/rot.jsonl.1"
+row 3 "out:20 transactions" report "$WORK/rot.jsonl.1" "$WORK/rot.jsonl"
 row 2 "report: $WORK/dir is a directory" report "$WORK/dir"
 row 2 "report: cannot read /nonexistent.jsonl" report /nonexistent.jsonl
 row 3 "out:10 transactions" report "$CASES/report/truncated_last.jsonl"

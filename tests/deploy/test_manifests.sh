@@ -100,14 +100,18 @@ check("every namespaced object is in the imdstrace namespace",
 sa = one(docs, "ServiceAccount")
 role = one(docs, "ClusterRole")
 rules = role.get("rules", [])
-check("ClusterRole has exactly one rule", len(rules) == 1, f"{len(rules)} rules")
+check("ClusterRole has exactly two rules (read pods, create events)", len(rules) == 2, f"{len(rules)} rules")
 rule = rules[0] if rules else {}
+event_rule = rules[1] if len(rules) > 1 else {}
+check("ClusterRole rule 2: core API group, events, create only (Events on failing pods)",
+      event_rule.get("apiGroups") == [""] and event_rule.get("resources") == ["events"]
+      and event_rule.get("verbs") == ["create"] and "resourceNames" not in event_rule, str(event_rule))
 check("ClusterRole rule: core API group only", rule.get("apiGroups") == [""], str(rule.get("apiGroups")))
 check("ClusterRole rule: pods only", rule.get("resources") == ["pods"], str(rule.get("resources")))
 check("ClusterRole rule: verbs exactly get, list, watch", sorted(rule.get("verbs", [])) == ["get", "list", "watch"],
       str(rule.get("verbs")))
-check("ClusterRole rule: no resourceNames/nonResourceURLs widening",
-      "nonResourceURLs" not in rule and "*" not in str(rule))
+check("ClusterRole rules: no resourceNames/nonResourceURLs/wildcard widening",
+      all("nonResourceURLs" not in r and "*" not in str(r) for r in rules))
 
 binding = one(docs, "ClusterRoleBinding")
 check("ClusterRoleBinding refers to the ClusterRole",
@@ -155,6 +159,9 @@ metrics = arg_value("--metrics") or ""
 check("args: --metrics 0.0.0.0:9655", metrics == "0.0.0.0:9655", metrics)
 events = arg_value("--events") or ""
 check("args: --events FILE", events.endswith(".jsonl"), events)
+check("args: --events-max-bytes and --events-max-files bound the evidence",
+      (arg_value("--events-max-bytes") or "").rstrip("KMG").isdigit() and (arg_value("--events-max-files") or "").isdigit(),
+      f"{arg_value('--events-max-bytes')} {arg_value('--events-max-files')}")
 check("args: -o json", arg_value("-o") == "json" or arg_value("--output") == "json")
 
 ports = {p.get("name"): p for p in c.get("ports", [])}

@@ -12,7 +12,7 @@ require_root
 scenario_incident() {
     testbed_up 1
     local port=19655
-    tracer_start "$WORK/diag.txt" diagnose --duration 9 --cgroup "$CGROUP_DIR" --pods "static:$PODS_JSON" \
+    tracer_start "$WORK/diag.txt" diagnose --duration 9 --cgroup "$CGROUP_DIR" --pods "static:$PODS_JSON" --node-name "$NODE_NAME" \
         --events "$WORK/events.jsonl" --pcap "$WORK/trace.pcapng" --metrics "127.0.0.1:$port"
     # The pod fails on the token; the host fetches a token and credentials
     # (secrets cross every hook, and must cross none of the outputs).
@@ -48,17 +48,17 @@ scenario_incident() {
 
     # metrics agree with the diagnosis.
     expect_grep "metrics: the pod's HOP_LIMIT_EXCEEDED series" "$WORK/metrics.txt" \
-        '^imdstrace_transactions_total\{namespace="testbed",pod="pod1",verdict="HOP_LIMIT_EXCEEDED"\} [1-9]'
+        '^imdstrace_transactions_total\{node="'"$NODE_NAME"'",namespace="testbed",pod="pod1",verdict="HOP_LIMIT_EXCEEDED"\} [1-9]'
     expect_grep "metrics: IP_INHDR drops for the pod" "$WORK/metrics.txt" \
-        '^imdstrace_drops_total\{namespace="testbed",pod="pod1",reason="IP_INHDR"\} [1-9]'
-    expect_grep "metrics: node hop limit observed 1" "$WORK/metrics.txt" '^imdstrace_node_hop_limit_observed 1$'
+        '^imdstrace_drops_total\{node="'"$NODE_NAME"'",namespace="testbed",pod="pod1",reason="IP_INHDR"\} [1-9]'
+    expect_grep "metrics: node hop limit observed 1" "$WORK/metrics.txt" '^imdstrace_node_hop_limit_observed\{node="'"$NODE_NAME"'"\} 1$'
     expect_grep "metrics: the pod needs hop limit 2" "$WORK/metrics.txt" \
-        '^imdstrace_pod_required_hop_limit\{namespace="testbed",pod="pod1"\} 2$'
-    expect_grep "metrics: build info" "$WORK/metrics.txt" '^imdstrace_build_info\{version="[0-9.]+"\} 1$'
+        '^imdstrace_pod_required_hop_limit\{node="'"$NODE_NAME"'",namespace="testbed",pod="pod1"\} 2$'
+    expect_grep "metrics: build info" "$WORK/metrics.txt" '^imdstrace_build_info\{node="'"$NODE_NAME"'",version="[0-9.]+"\} 1$'
     local n_tx
     n_tx=$(jq -s '[.[] | select(.pod.name == "pod1")] | length' "$WORK/events.jsonl")
     expect_grep "metrics count the same pod transactions as the JSONL ($n_tx)" "$WORK/metrics.txt" \
-        "^imdstrace_transactions_total\\{namespace=\"testbed\",pod=\"pod1\",verdict=\"HOP_LIMIT_EXCEEDED\"\\} $n_tx\$"
+        "^imdstrace_transactions_total\\{node=\"$NODE_NAME\",namespace=\"testbed\",pod=\"pod1\",verdict=\"HOP_LIMIT_EXCEEDED\"\\} $n_tx\$"
 
     # Secrets: the credentials really flowed, and nothing of them was kept.
     expect_grep "the host really fetched the credentials" "$WORK/clients.log" "security-credentials/imdstrace-testbed-role -> 200"

@@ -3,6 +3,7 @@
 //
 //   k8s-api-standin --pods FILE --listen 127.0.0.1:6443 [--token T]
 //                   [--mode ok|unauthorized|forbidden|hang] [--node NAME] [--ready-file F]
+//                   [--events-mode ok|forbidden] [--events-log FILE]
 //
 // Plain HTTP: point the client at http://ADDR:PORT (kubeconfig server, or
 // KUBERNETES_SERVICE_HOST=http://ADDR:PORT with IMDSTRACE_SA_DIR).  The ready
@@ -21,7 +22,8 @@ k8s_standin::Server* g_server = nullptr;
 void usage(const char* why) {
     std::cerr << "k8s-api-standin: " << why << "\n"
               << "usage: k8s-api-standin --pods FILE --listen ADDR:PORT [--token T] "
-                 "[--mode ok|unauthorized|forbidden|hang] [--node NAME] [--ready-file F]\n";
+                 "[--mode ok|unauthorized|forbidden|hang] [--node NAME] [--ready-file F] "
+                 "[--events-mode ok|forbidden] [--events-log FILE]\n";
     std::exit(2);
 }
 
@@ -43,6 +45,8 @@ int main(int argc, char** argv) {
         else if (a == "--mode") o.mode = val();
         else if (a == "--node") o.node = val();
         else if (a == "--ready-file") ready = val();
+        else if (a == "--events-mode") o.events_mode = val();
+        else if (a == "--events-log") o.events_log = val();
         else if (a == "-h" || a == "--help") usage("help");
         else usage(("unknown argument " + a).c_str());
     }
@@ -50,6 +54,7 @@ int main(int argc, char** argv) {
     if (o.listen.empty()) usage("--listen ADDR:PORT is required");
     if (o.mode != "ok" && o.mode != "unauthorized" && o.mode != "forbidden" && o.mode != "hang")
         usage("--mode must be ok, unauthorized, forbidden or hang");
+    if (o.events_mode != "ok" && o.events_mode != "forbidden") usage("--events-mode must be ok or forbidden");
     try {
         k8s_standin::Server server(o);
         g_server = &server;

@@ -13,6 +13,13 @@
 // (cri-containerd-<id>.scope, crio-<id>.scope, docker-<id>.scope, <id>).
 // The file is re-read on every request, so tests can change it live.
 //
+// Events: POST /api/v1/namespaces/<ns>/events takes a core/v1 Event and checks what the
+// real API server's validation checks (kind/apiVersion, a name or generateName, the
+// namespace in the body matching the URL's, involvedObject in that namespace, reason,
+// message, type Normal or Warning, a source or reportingComponent); 201 with the stored
+// object (uid, resourceVersion, creationTimestamp), 409 for a name already taken, 422
+// (reason Invalid) otherwise.
+//
 // Plain HTTP/1.1, one request per connection, numeric addresses only; it
 // listens on exactly the address it is given.  Header-only so the unit tests
 // can run it in-process; k8s_api_standin.cpp is the command-line tool.
@@ -40,6 +47,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <vector>
 
 namespace k8s_standin {
 
@@ -51,6 +59,11 @@ struct Options {
     std::string token;  // required bearer token ("" = any request is accepted)
     std::string mode = "ok";  // ok | unauthorized | forbidden | hang
     std::string node;  // nodeName for entries that name none ("" = whatever node is asked for)
+    // POST /api/v1/namespaces/<ns>/events (core/v1 Event): "ok" stores it (201 Created) and
+    // appends it to events_log as one JSON line; "forbidden" answers 403 as RBAC does
+    // without `create events`.
+    std::string events_mode = "ok";
+    std::string events_log;
 };
 
 inline std::string url_decode(const std::string& s) {
@@ -196,6 +209,16 @@ public:
         std::lock_guard lk(mu_);
         opts_.mode = m;
     }
+    void set_events(const std::string& mode, const std::string& log) {
+        std::lock_guard lk(mu_);
+        opts_.events_mode = mode;
+        opts_.events_log = log;
+    }
+    // The Events created so far (as stored, with uid and resourceVersion).
+    std::vector<json> events() {
+        std::lock_guard lk(mu_);
+        return events_;
+    }
     std::uint64_t requests() const { return requests_; }
 
     // Accept until stop().
@@ -281,6 +304,23 @@ private:
             if (n <= 0) return;
             req.append(buf, static_cast<std::size_t>(n));
         }
+        // The body, by Content-Length (events are small: 1 MiB at most).
+        std::size_t head_end = req.find("\r\n\r\n") + 4, content_length = 0;
+        {
+            std::string lower = req.substr(0, head_end);
+            for (auto& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+            if (auto at = lower.find("\r\ncontent-length:"); at != std::string::npos)
+                content_length = std::strtoul(lower.c_str() + at + 17, nullptr, 10);
+        }
+        if (content_length > (1u << 20)) content_length = 1u << 20;
+        while (req.size() - head_end < content_length) {
+            pollfd p[2] = {{c, POLLIN, 0}, {wake_[0], POLLIN, 0}};
+            if (::poll(p, 2, 5000) <= 0 || p[1].revents) return;
+            auto n = ::read(c, buf, sizeof buf);
+            if (n <= 0) return;
+            req.append(buf, static_cast<std::size_t>(n));
+        }
+        const std::string body = req.substr(head_end, content_length);
         ++requests_;
         Options o;
         {
@@ -314,6 +354,8 @@ private:
                                .dump());
         auto q = target.find('?');
         std::string path = target.substr(0, q), query = q == std::string::npos ? "" : target.substr(q + 1);
+        if (method == "POST" && path.starts_with("/api/v1/namespaces/") && path.ends_with("/events"))
+            return create_event(c, o, path.substr(19, path.size() - 19 - 7), body);
         if (method != "GET") return respond(c, 405, "Method Not Allowed", status(405, "MethodNotAllowed", method).dump());
         if (path == "/healthz" || path == "/readyz") return respond(c, 200, "OK", "ok");
         if (path != "/api/v1/pods")
@@ -346,6 +388,69 @@ private:
         respond(c, 200, "OK", list.dump());
     }
 
+    static json invalid(const std::string& name, const std::string& why) {
+        json s = status(422, "Invalid", "Event \"" + name + "\" is invalid: " + why);
+        s["details"] = {{"name", name}, {"kind", "Event"}, {"causes", json::array({{{"message", why}}})}};
+        return s;
+    }
+
+    void create_event(int c, const Options& o, const std::string& ns, const std::string& body) {
+        if (o.events_mode == "forbidden")
+            return respond(c, 403, "Forbidden",
+                           status(403, "Forbidden",
+                                  "events is forbidden: User \"system:serviceaccount:imdstrace:imdstrace\" cannot "
+                                  "create resource \"events\" in API group \"\" in the namespace \"" + ns + "\"")
+                               .dump());
+        json ev;
+        try {
+            ev = json::parse(body);
+        } catch (const std::exception& e) {
+            return respond(c, 400, "Bad Request", status(400, "BadRequest", std::string("invalid JSON: ") + e.what()).dump());
+        }
+        auto str = [](const json& j, const char* k) {
+            return j.is_object() && j.contains(k) && j[k].is_string() ? j[k].get<std::string>() : std::string();
+        };
+        if (!ev.is_object() || str(ev, "kind") != "Event" || str(ev, "apiVersion") != "v1")
+            return respond(c, 400, "Bad Request", status(400, "BadRequest", "the body is not a v1 Event").dump());
+        auto& meta = ev["metadata"];
+        std::string name = str(meta, "name");
+        if (name.empty() && !str(meta, "generateName").empty()) {
+            std::lock_guard lk(mu_);
+            name = str(meta, "generateName") + std::to_string(10000 + events_.size());
+        }
+        std::string why;
+        const auto& obj = ev.contains("involvedObject") ? ev["involvedObject"] : json();
+        if (name.empty()) why = "metadata.name: Required value: name or generateName is required";
+        else if (!str(meta, "namespace").empty() && str(meta, "namespace") != ns)
+            why = "metadata.namespace: Invalid value: \"" + str(meta, "namespace") +
+                  "\": the namespace of the provided object does not match the namespace sent on the request";
+        else if (str(obj, "namespace") != ns)
+            why = "involvedObject.namespace: Invalid value: \"" + str(obj, "namespace") + "\": does not match event.namespace";
+        else if (str(obj, "kind").empty() || str(obj, "name").empty())
+            why = "involvedObject: Required value: kind and name";
+        else if (str(ev, "reason").empty()) why = "reason: Required value";
+        else if (str(ev, "type") != "Normal" && str(ev, "type") != "Warning")
+            why = "type: Unsupported value: \"" + str(ev, "type") + "\": supported values: \"Normal\", \"Warning\"";
+        else if (str(ev, "message").size() > 4096) why = "message: Too long: may not be more than 4096 bytes";
+        else if (str(ev.value("source", json::object()), "component").empty() && str(ev, "reportingComponent").empty())
+            why = "source.component: Required value";
+        if (!why.empty()) return respond(c, 422, "Unprocessable Entity", invalid(name, why).dump());
+        std::lock_guard lk(mu_);
+        for (const auto& e : events_)
+            if (e["metadata"]["name"] == name && e["metadata"]["namespace"] == ns)
+                return respond(c, 409, "Conflict",
+                               status(409, "AlreadyExists", "events \"" + name + "\" already exists").dump());
+        meta["name"] = name;
+        meta["namespace"] = ns;
+        meta["uid"] = "5e0f0000-0000-4000-8000-" + std::to_string(100000000000 + events_.size());
+        meta["resourceVersion"] = std::to_string(5000 + events_.size());
+        meta["creationTimestamp"] = "2026-01-01T00:00:00Z";
+        events_.push_back(ev);
+        if (!o.events_log.empty()) std::ofstream(o.events_log, std::ios::app) << ev.dump() << "\n";
+        respond(c, 201, "Created", ev.dump());
+    }
+
+    std::vector<json> events_;
     Options opts_;
     int fd_ = -1;
     int wake_[2] = {-1, -1};

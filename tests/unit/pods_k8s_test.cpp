@@ -9,6 +9,9 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <chrono>
 #include <filesystem>
@@ -21,6 +24,7 @@
 #include "../testbed/k8s_api_standin.hpp"
 #include "pods/k8s.hpp"
 #include "pods/resolver.hpp"
+#include "sinks/k8s_events.hpp"
 
 using namespace imdstrace;
 namespace fs = std::filesystem;
@@ -1041,4 +1045,142 @@ TEST(K8sApi, StaticPodsAreTheirMirrorPodsWithoutRelisting) {
     EXPECT_EQ(s.server->requests(), lists) << "a static pod's transactions made the resolver relist";
     EXPECT_FALSE(r.by_ip(*IpAddr::parse("198.18.0.2")));  // host network: the node's address
     EXPECT_EQ(r.by_ip(*IpAddr::parse("198.18.1.77"))->ref(), "kube-system/proxy-from-http-node-1");
+}
+
+// ---------------------------------------------------------------------------
+// Kubernetes Events on failing pods (sinks/k8s_events), against the stand-in
+
+namespace {
+
+TransactionRecord failing_token_put(const std::string& ns, const std::string& name, Verdict v) {
+    TransactionRecord r;
+    PodInfo p;
+    p.namespace_ = ns;
+    p.name = name;
+    p.uid = kUid;
+    r.pod = p;
+    r.client = *Endpoint::parse("198.18.1.5:40000", 0);
+    r.server = *Endpoint::parse("169.254.169.254:80", 80);
+    HttpRequest req;
+    req.method = "PUT";
+    req.path = "/latest/api/token";
+    r.request = req;
+    r.status = 200;
+    r.ttl_at_node = 1;
+    r.hops = 1;
+    r.required_hop_limit = 2;
+    r.verdict = v;
+    return r;
+}
+
+}  // namespace
+
+TEST(K8sEvents, TheEventInTheRealWireFormat) {
+    auto ev = pod_event(failing_token_put("kube-system", "alb", Verdict::hop_limit_exceeded), "node-1",
+                        1'764'460'800'123);
+    ASSERT_TRUE(ev);
+    EXPECT_EQ((*ev)["apiVersion"], "v1");
+    EXPECT_EQ((*ev)["kind"], "Event");
+    EXPECT_EQ((*ev)["metadata"]["namespace"], "kube-system");
+    EXPECT_TRUE((*ev)["metadata"]["name"].get<std::string>().starts_with("alb."));
+    EXPECT_EQ((*ev)["involvedObject"], (nlohmann::json{{"apiVersion", "v1"}, {"kind", "Pod"}, {"namespace", "kube-system"},
+                                                      {"name", "alb"}, {"uid", kUid}}));
+    EXPECT_EQ((*ev)["reason"], "ImdsHopLimitExceeded");
+    EXPECT_EQ((*ev)["type"], "Warning");
+    EXPECT_EQ((*ev)["message"],
+              "IMDS token responses dropped at the node: hop limit 1, this pod needs 2 (raise httpPutResponseHopLimit to 2)");
+    EXPECT_EQ((*ev)["source"]["component"], "imdstrace");
+    EXPECT_EQ((*ev)["source"]["host"], "node-1");
+    EXPECT_EQ((*ev)["firstTimestamp"], "2025-11-30T00:00:00Z");
+    EXPECT_EQ((*ev)["count"], 1);
+    // No Event for success, NOT_FOUND, a host process, or a connection opened before tracing.
+    EXPECT_FALSE(pod_event(failing_token_put("a", "b", Verdict::ok), "n", 1));
+    EXPECT_FALSE(pod_event(failing_token_put("a", "b", Verdict::not_found), "n", 1));
+    auto host = failing_token_put("a", "b", Verdict::hop_limit_exceeded);
+    host.pod.reset();
+    EXPECT_FALSE(pod_event(host, "n", 1));
+    auto stale = failing_token_put("a", "b", Verdict::hop_limit_exceeded);
+    stale.opened_before_tracing = true;
+    EXPECT_FALSE(pod_event(stale, "n", 1));
+}
+
+TEST(K8sEvents, PostedOncePerPodAndVerdictPerInterval) {
+    Standin api("ok");
+    PodEventOptions o;
+    o.node = "node-1";
+    o.interval = std::chrono::milliseconds(60'000);
+    PodEventPoster poster(load_kubeconfig(api.kubeconfig()), o);
+    auto hop = failing_token_put("kube-system", "alb", Verdict::hop_limit_exceeded);
+    poster.record(hop, 1'000'000);
+    poster.record(hop, 1'010'000);  // within the interval: not again
+    poster.record(failing_token_put("kube-system", "alb", Verdict::token_required), 1'010'000);  // another verdict
+    poster.record(hop, 1'070'000);  // the next interval
+    poster.flush(std::chrono::seconds(5));
+    auto s = poster.stats();
+    EXPECT_EQ(s.posted, 3u);
+    EXPECT_EQ(s.suppressed, 1u);
+    EXPECT_EQ(s.failed, 0u);
+    auto stored = api.server->events();
+    ASSERT_EQ(stored.size(), 3u);
+    EXPECT_EQ(stored[0]["reason"], "ImdsHopLimitExceeded");
+    EXPECT_EQ(stored[1]["reason"], "ImdsTokenRequired");
+    EXPECT_EQ(stored[0]["involvedObject"]["name"], "alb");
+    EXPECT_FALSE(stored[0]["metadata"]["uid"].get<std::string>().empty()) << "stored as the API stores it";
+}
+
+TEST(K8sEvents, RbacWithoutCreateEventsStopsAfterOneRefusal) {
+    Standin api("ok");
+    api.server->set_events("forbidden", "");
+    PodEventOptions o;
+    o.node = "node-1";
+    PodEventPoster poster(load_kubeconfig(api.kubeconfig()), o);
+    poster.record(failing_token_put("kube-system", "alb", Verdict::hop_limit_exceeded), 1'000);
+    poster.flush(std::chrono::seconds(5));
+    poster.record(failing_token_put("kube-system", "web", Verdict::hop_limit_exceeded), 2'000);
+    poster.flush(std::chrono::seconds(5));
+    auto s = poster.stats();
+    EXPECT_EQ(s.posted, 0u);
+    EXPECT_EQ(s.failed, 1u) << "refused once, not asked again";
+    EXPECT_TRUE(api.server->events().empty());
+}
+
+TEST(K8sEvents, TheStandinValidatesAsTheApiServerDoes) {
+    Standin api("ok");
+    auto post = [&](const nlohmann::json& ev, const std::string& ns) {
+        // Raw HTTP, so the body can be anything.
+        int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+        sockaddr_in sa{};
+        sa.sin_family = AF_INET;
+        sa.sin_port = htons(api.server->port());
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+        std::string body = ev.dump();
+        std::string req = "POST /api/v1/namespaces/" + ns + "/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                          kToken + "\r\nContent-Type: application/json\r\nContent-Length: " +
+                          std::to_string(body.size()) + "\r\n\r\n" + body;
+        EXPECT_EQ(::write(fd, req.data(), req.size()), static_cast<ssize_t>(req.size()));
+        char buf[4096] = {};
+        auto n = ::read(fd, buf, sizeof buf - 1);
+        ::close(fd);
+        std::string answer(buf, n > 0 ? static_cast<std::size_t>(n) : 0);
+        return answer.substr(9, 3);
+    };
+    auto good = *pod_event(failing_token_put("kube-system", "alb", Verdict::hop_limit_exceeded), "n", 1'000);
+    EXPECT_EQ(post(good, "kube-system"), "201");
+    EXPECT_EQ(post(good, "kube-system"), "409") << "the same name twice";
+    auto other_ns = good;
+    other_ns["metadata"]["name"] = "x.1";
+    EXPECT_EQ(post(other_ns, "default"), "422") << "body namespace differs from the URL's";
+    auto no_type = good;
+    no_type["metadata"]["name"] = "x.2";
+    no_type["type"] = "Error";
+    EXPECT_EQ(post(no_type, "kube-system"), "422");
+    auto no_source = good;
+    no_source["metadata"]["name"] = "x.3";
+    no_source.erase("source");
+    no_source.erase("reportingComponent");
+    EXPECT_EQ(post(no_source, "kube-system"), "422");
+    auto not_event = good;
+    not_event["kind"] = "Pod";
+    EXPECT_EQ(post(not_event, "kube-system"), "400");
 }

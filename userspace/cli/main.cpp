@@ -17,6 +17,7 @@
 #include "cli/output.hpp"
 #include "common/json_input.hpp"
 #include "cli/probe.hpp"
+#include "fleet/fleet.hpp"
 #include "pipeline/session.hpp"
 #include "sinks/events_file.hpp"
 #include "sinks/metrics.hpp"
@@ -54,8 +55,12 @@ struct CommonArgs {
     std::string host_root = "/";
     std::string output = "text";
     std::string events;
+    std::string events_max_bytes;
+    unsigned events_max_files = 0;
     std::string pcap;
     std::string metrics;
+    std::string node_name;
+    double k8s_events_interval = 600;
     std::string ready_file;
     std::string kubeconfig;
     std::optional<std::string> duration;  // checked by duration_s()
@@ -76,8 +81,20 @@ void add_common(CLI::App* app, CommonArgs& a, bool tracing) {
     app->add_option("--host-root", a.host_root, "Where the host's /proc, /sys/fs/cgroup, /var/log/pods are");
     app->add_option("--kubeconfig", a.kubeconfig, "kubeconfig for --pods k8s-api (default: in-cluster config)");
     app->add_option("--events", a.events, "Append every transaction as JSONL to FILE");
+    app->add_option("--events-max-bytes", a.events_max_bytes,
+                    "Rotate --events FILE before it passes SIZE bytes (K, M, G suffixes): FILE.1, FILE.2, ... "
+                    "(like tcpdump -C)");
+    app->add_option("--events-max-files", a.events_max_files,
+                    "With --events-max-bytes: keep at most N files, FILE included (default 10; like tcpdump -W)")
+        ->check(CLI::Range(1u, 10000u));
     app->add_option("--pcap", a.pcap, "Write the IMDS packets to a pcap FILE");
     app->add_option("--metrics", a.metrics, "Serve Prometheus metrics on ADDR:PORT");
+    app->add_option("--k8s-events-interval", a.k8s_events_interval,
+                    "With the API (--pods k8s-api, or auto in a cluster): a Kubernetes Event on a failing pod at "
+                    "most once per pod and verdict per SECONDS (default 600; 0: none)")
+        ->check(CLI::Range(0.0, 31.0 * 24 * 3600));
+    app->add_option("--node-name", a.node_name,
+                    "The metrics' node label (default: $NODE_NAME, as the DaemonSet sets it, else the host name)");
     app->add_option("--ready-file", a.ready_file, "Write FILE once the probes are attached")->group("");
     app->add_flag("--no-tcx", a.no_tcx, "Attach with netlink tc even where tcx links exist")->group("");
 }
@@ -129,9 +146,23 @@ SessionOptions session_options(const CommonArgs& a, std::optional<double> durati
     o.pod_settings.host_root = a.host_root;
     o.pod_settings.kubeconfig = a.kubeconfig;
     o.events_file = a.events;
+    if (!a.events_max_bytes.empty()) {
+        auto bytes = parse_byte_size(a.events_max_bytes);
+        if (!bytes || *bytes < 4096)
+            throw UsageError("--events-max-bytes " + a.events_max_bytes +
+                             ": expected a size of at least 4096 bytes, e.g. 64M (K, M, G: powers of 1024)");
+        if (a.events.empty()) throw UsageError("--events-max-bytes needs --events FILE");
+        o.events_rotation.max_bytes = *bytes;
+    }
+    if (a.events_max_files) {
+        if (!o.events_rotation.max_bytes) throw UsageError("--events-max-files needs --events-max-bytes");
+        o.events_rotation.max_files = a.events_max_files;
+    }
     o.ready_file = a.ready_file;
     o.pcap_file = a.pcap;
     o.metrics_listen = a.metrics;
+    o.node_name = a.node_name;
+    o.k8s_events_interval_s = a.k8s_events_interval;
     o.duration_s = duration;
     o.prefer_tcx = !a.no_tcx;
     return o;
@@ -201,14 +232,15 @@ int run_diagnose(const CommonArgs& a) {
     return print_diagnosis(builder.build(session.window_s(), session.target_strings()), a.output);
 }
 
-int run_report(const std::string& file, const CommonArgs& a) {
-    std::error_code ec;
-    if (std::filesystem::is_directory(file, ec))
-        throw UsageError("report: " + file + " is a directory: give the JSONL file written with --events");
-    std::ifstream in(file);
-    if (!in) throw UsageError("report: cannot read " + file + ": " + std::strerror(errno));
+int run_report(const std::vector<std::string>& given, const CommonArgs& a) {
+    // One file: with the files --events-max-bytes rotated out of it, oldest
+    // first.  Several: in the order given.
+    const auto files = given.size() == 1 ? rotated_set(given[0]) : given;
+    if (files.size() > given.size())
+        spdlog::info("reading the rotated set, oldest first: {}", join(files, ", "));
+    const std::string file = join(given, ", ");
     DiagnosisBuilder builder;
-    auto rec = read_recording(in, file, [&builder](TransactionRecord&& r) { builder.add(r); });
+    auto rec = read_recordings(files, [&builder](TransactionRecord&& r) { builder.add(r); });
     if (rec.skipped && !rec.transactions && rec.recorded_window == 0)
         throw std::runtime_error(fmt::format("report: no line of {} is a transaction or session record ({} bad lines; "
                                              "first: {})",
@@ -236,6 +268,32 @@ int run_report(const std::string& file, const CommonArgs& a) {
     return print_diagnosis(builder.build(window, all), a.output);
 }
 
+struct FleetArgs {
+    std::string prometheus;
+    int window_s = 600;
+    std::vector<std::string> group_labels;
+};
+
+// The cluster-wide answer from Prometheus: exit 3 when any node fails.
+int run_fleet(const FleetArgs& f, const CommonArgs& a) {
+    FleetOptions opts;
+    opts.window_s = f.window_s;
+    if (!f.group_labels.empty()) opts.group_labels = f.group_labels;
+    PromQuery query;
+    try {
+        query = prometheus_http(f.prometheus);
+    } catch (const std::invalid_argument& e) {
+        throw UsageError(e.what());
+    }
+    auto fleet = build_fleet(query, opts, f.prometheus);
+    if (fleet.nodes.empty())
+        spdlog::warn("no imdstrace reports to {} (no imdstrace_build_info series): is it scraping the DaemonSet?",
+                     f.prometheus);
+    write_stdout(a.output == "json" ? dump_json(to_json(fleet), 2) + "\n"
+                                    : format_fleet(fleet, isatty(STDOUT_FILENO) == 1));
+    return fleet.failing() ? kExitFailures : kExitHealthy;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -251,10 +309,13 @@ int main(int argc, char** argv) {
     add_common(diagnose, args, true);
     diagnose->add_option("--duration", args.duration, "Seconds to trace (default 30)");
 
-    std::string report_file;
+    std::vector<std::string> report_files;
     auto* report = app.add_subcommand("report", "Rebuild the diagnosis from a recorded JSONL file");
     add_common(report, args, false);
-    report->add_option("file", report_file, "JSONL written by --events")->required();
+    report->add_option("file", report_files,
+                       "JSONL written by --events (one FILE: FILE.N .. FILE.1 rotated out of it are read first; "
+                       "several: in the order given)")
+        ->required();
     report->add_option("--target", args.targets, "Targets the recording was made with (default: the IMDS addresses)");
 
     ProbeArgs probe_args;
@@ -267,6 +328,16 @@ int main(int argc, char** argv) {
     probe->add_option("--attempts", probe_args.attempts, "Token attempts, like the SDKs (default 3)");
     probe->add_option("--timeout-ms", probe_args.timeout_ms, "Per-request timeout (default 1000, aws-sdk-go-v2's)");
     probe->add_flag("--no-fallback", probe_args.no_fallback, "Do not fall back to IMDSv1 GETs without a token");
+
+    FleetArgs fleet_args;
+    auto* fleet = app.add_subcommand("fleet", "The cluster-wide answer from Prometheus: nodes, failing pods, fixes");
+    add_common(fleet, args, false);
+    fleet->add_option("--prometheus", fleet_args.prometheus, "Prometheus base URL (http://host:9090)")->required();
+    fleet->add_option("--window", fleet_args.window_s, "Failures over the last SECONDS (default 600, the alerts')")
+        ->check(CLI::Range(60, 31 * 24 * 3600));
+    fleet->add_option("--node-group-label", fleet_args.group_labels,
+                      "Node label naming a node group, read from kube-state-metrics' kube_node_labels (repeatable; "
+                      "default karpenter.sh/nodepool, eks.amazonaws.com/nodegroup, alpha.eksctl.io/nodegroup-name)");
 
     auto* check = app.add_subcommand("check", "Preflight: kernel, BTF, privileges, cgroup v2, attach points");
     add_common(check, args, true);
@@ -285,7 +356,8 @@ int main(int argc, char** argv) {
     install_signal_handlers();
     try {
         if (*diagnose) return run_diagnose(args);
-        if (*report) return run_report(report_file, args);
+        if (*report) return run_report(report_files, args);
+        if (*fleet) return run_fleet(fleet_args, args);
         if (*probe) return run_probe(probe_args, session_options(args, std::nullopt), args.output, g_stop);
         if (*check) return run_check(session_options(args, std::nullopt), args.output);
         return run_watch(args);

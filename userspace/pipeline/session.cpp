@@ -20,6 +20,7 @@
 #include "sinks/events_file.hpp"
 #include "sinks/json.hpp"
 #include "sinks/metrics.hpp"
+#include "sinks/k8s_events.hpp"
 #include "sinks/pcap.hpp"
 
 namespace imdstrace {
@@ -123,6 +124,7 @@ struct Session::Impl {
     std::unique_ptr<PcapWriter> pcap;
     std::unique_ptr<Metrics> metrics;
     std::unique_ptr<MetricsServer> metrics_server;
+    std::unique_ptr<PodEventPoster> k8s_events;
 
     std::deque<TransactionRecord> finished;  // attributed, not yet delivered
     std::uint64_t start_mono = 0;
@@ -180,6 +182,7 @@ struct Session::Impl {
             finished.pop_front();
             if (events) events->write(r);
             if (metrics) metrics->record(r, unix_ms_now());
+            if (k8s_events) k8s_events->record(r, unix_ms_now());
             sink(r);
         }
         return n;
@@ -245,7 +248,28 @@ void Session::start() {
         [this](std::uint32_t v) { return impl_->reasons.name(v); },
         [this](std::uint64_t a) { return impl_->symbols.function_at(a); }, co);
 
-    if (!opts_.events_file.empty()) impl.events = std::make_unique<EventsFile>(opts_.events_file);
+    // Kubernetes Events on failing pods wherever the API names the pods.
+    using Source = PodSelection::Source;
+    if (opts_.k8s_events_interval_s > 0 &&
+        (opts_.pods.source == Source::k8s_api || opts_.pods.source == Source::automatic)) {
+        std::optional<K8sApiConfig> api;
+        try {
+            auto kubeconfig = opts_.pod_settings.kubeconfig;
+            if (kubeconfig.empty())
+                if (const char* env = std::getenv("KUBECONFIG"); env && opts_.pods.source == Source::k8s_api) kubeconfig = env;
+            api = kubeconfig.empty() ? in_cluster_config() : std::optional(load_kubeconfig(kubeconfig));
+        } catch (const std::exception& e) {
+            spdlog::debug("k8s events: no API configuration: {}", e.what());
+        }
+        if (api) {
+            PodEventOptions eo;
+            eo.interval = std::chrono::milliseconds(static_cast<std::int64_t>(opts_.k8s_events_interval_s * 1000));
+            eo.node = metrics_node_name(opts_.node_name);
+            impl.k8s_events = std::make_unique<PodEventPoster>(*api, eo);
+            spdlog::debug("k8s events: Events on failing pods to {}", api->server);
+        }
+    }
+    if (!opts_.events_file.empty()) impl.events = std::make_unique<EventsFile>(opts_.events_file, opts_.events_rotation);
     if (!opts_.pcap_file.empty()) {
         impl.pcap = std::make_unique<PcapWriter>(
             opts_.pcap_file,
@@ -268,7 +292,7 @@ void Session::start() {
     // Serve metrics only once tracing: a scrape (or readiness probe) that
     // answers means the hooks are attached.
     if (!opts_.metrics_listen.empty()) {
-        impl.metrics = std::make_unique<Metrics>();
+        impl.metrics = std::make_unique<Metrics>(metrics_node_name(opts_.node_name));
         try {
             impl.metrics_server = std::make_unique<MetricsServer>(*impl.metrics, opts_.metrics_listen);
         } catch (const std::invalid_argument& e) {
@@ -313,6 +337,7 @@ void Session::run(const std::atomic<bool>& stop, const RecordSink& sink, const s
     impl.check_loss();
     impl.correlator->flush();
     impl.deliver(sink);
+    if (impl.k8s_events) impl.k8s_events->flush(std::chrono::seconds(5));
     impl.window_s = std::round(elapsed_s() * 1000) / 1000;
     // A trailer so `report` knows the window and the targets of this run.
     if (impl.events) {

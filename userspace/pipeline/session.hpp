@@ -19,6 +19,7 @@
 #include "common/net.hpp"
 #include "loader/tracer.hpp"
 #include "pods/select.hpp"
+#include "sinks/events_file.hpp"
 #include "verdict/drop_fix.hpp"
 #include "verdict/record.hpp"
 
@@ -31,9 +32,12 @@ struct SessionOptions {
     PodSelection pods;                // --pods
     PodResolverSettings pod_settings; // --host-root, --kubeconfig (cgroup_mount is filled in by start())
     std::string events_file;          // JSONL, appended and flushed per record
+    EventsRotation events_rotation;   // --events-max-bytes, --events-max-files
     std::string ready_file;           // written once attached (tests, scripts)
     std::string pcap_file;            // pcapng evidence of every observed packet
     std::string metrics_listen;       // ADDR:PORT for the Prometheus exposition
+    std::string node_name;            // the metrics' `node` label ("" = NODE_NAME, else the host name)
+    double k8s_events_interval_s = 600;  // Events on failing pods (k8s-api/auto with a cluster); 0 = none
     std::optional<double> duration_s;
     bool prefer_tcx = true;
 

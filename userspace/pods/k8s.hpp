@@ -161,6 +161,10 @@ struct K8sApiConfig {
     std::string origin;  // "in-cluster service account" or the kubeconfig path (messages)
 };
 
+// The CA, client certificate and key of `cfg` on a libcurl easy handle
+// (`curl` is a CURL*; blobs are copied, so nothing must outlive the call).
+void apply_k8s_tls(void* curl, const K8sApiConfig& cfg);
+
 // In-cluster config: KUBERNETES_SERVICE_HOST/PORT and the service account in
 // $IMDSTRACE_SA_DIR or /var/run/secrets/kubernetes.io/serviceaccount.
 // nullopt (with the reason in *why) when not in a cluster.

@@ -290,6 +290,35 @@ std::string status_message(const std::string& body) {
 
 }  // namespace
 
+void apply_k8s_tls(void* curl, const K8sApiConfig& cfg) {
+    CURL* h = static_cast<CURL*>(curl);
+    curl_blob ca{}, cert{}, key{};
+    if (!cfg.ca_pem.empty()) {
+        ca = {const_cast<char*>(cfg.ca_pem.data()), cfg.ca_pem.size(), CURL_BLOB_COPY};
+        curl_easy_setopt(h, CURLOPT_CAINFO_BLOB, &ca);
+    } else if (!cfg.ca_file.empty()) {
+        curl_easy_setopt(h, CURLOPT_CAINFO, cfg.ca_file.c_str());
+    }
+    if (!cfg.cert_pem.empty()) {
+        cert = {const_cast<char*>(cfg.cert_pem.data()), cfg.cert_pem.size(), CURL_BLOB_COPY};
+        curl_easy_setopt(h, CURLOPT_SSLCERT_BLOB, &cert);
+        curl_easy_setopt(h, CURLOPT_SSLCERTTYPE, "PEM");
+    } else if (!cfg.cert_file.empty()) {
+        curl_easy_setopt(h, CURLOPT_SSLCERT, cfg.cert_file.c_str());
+    }
+    if (!cfg.key_pem.empty()) {
+        key = {const_cast<char*>(cfg.key_pem.data()), cfg.key_pem.size(), CURL_BLOB_COPY};
+        curl_easy_setopt(h, CURLOPT_SSLKEY_BLOB, &key);
+        curl_easy_setopt(h, CURLOPT_SSLKEYTYPE, "PEM");
+    } else if (!cfg.key_file.empty()) {
+        curl_easy_setopt(h, CURLOPT_SSLKEY, cfg.key_file.c_str());
+    }
+    if (cfg.insecure_skip_tls_verify) {
+        curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 0L);
+        curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 0L);
+    }
+}
+
 struct K8sApiResolver::Impl {
     using Clock = std::chrono::steady_clock;
     K8sApiConfig cfg;
@@ -356,31 +385,7 @@ struct K8sApiResolver::Impl {
                          +[](void* ud, curl_off_t, curl_off_t, curl_off_t, curl_off_t) -> int {
                              return static_cast<std::atomic<bool>*>(ud)->load() ? 1 : 0;
                          });
-        curl_blob ca{}, cert{}, key{};
-        if (!cfg.ca_pem.empty()) {
-            ca = {cfg.ca_pem.data(), cfg.ca_pem.size(), CURL_BLOB_COPY};
-            curl_easy_setopt(h, CURLOPT_CAINFO_BLOB, &ca);
-        } else if (!cfg.ca_file.empty()) {
-            curl_easy_setopt(h, CURLOPT_CAINFO, cfg.ca_file.c_str());
-        }
-        if (!cfg.cert_pem.empty()) {
-            cert = {cfg.cert_pem.data(), cfg.cert_pem.size(), CURL_BLOB_COPY};
-            curl_easy_setopt(h, CURLOPT_SSLCERT_BLOB, &cert);
-            curl_easy_setopt(h, CURLOPT_SSLCERTTYPE, "PEM");
-        } else if (!cfg.cert_file.empty()) {
-            curl_easy_setopt(h, CURLOPT_SSLCERT, cfg.cert_file.c_str());
-        }
-        if (!cfg.key_pem.empty()) {
-            key = {cfg.key_pem.data(), cfg.key_pem.size(), CURL_BLOB_COPY};
-            curl_easy_setopt(h, CURLOPT_SSLKEY_BLOB, &key);
-            curl_easy_setopt(h, CURLOPT_SSLKEYTYPE, "PEM");
-        } else if (!cfg.key_file.empty()) {
-            curl_easy_setopt(h, CURLOPT_SSLKEY, cfg.key_file.c_str());
-        }
-        if (cfg.insecure_skip_tls_verify) {
-            curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 0L);
-            curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 0L);
-        }
+        apply_k8s_tls(h, cfg);
         CURLcode rc = curl_easy_perform(h);
         long code = 0;
         curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);

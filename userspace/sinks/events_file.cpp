@@ -6,6 +6,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <filesystem>
+#include <fstream>
 
 #include "common/errors.hpp"
 #include "common/json_input.hpp"
@@ -14,11 +16,36 @@
 
 namespace imdstrace {
 
-EventsFile::EventsFile(std::string path) : path_(std::move(path)), file_(std::fopen(path_.c_str(), "ae"), &std::fclose) {
+EventsFile::EventsFile(std::string path, EventsRotation rotation)
+    : path_(std::move(path)), rotation_(rotation), file_(std::fopen(path_.c_str(), "ae"), &std::fclose) {
     if (!file_) throw UsageError("--events: cannot write " + path_ + ": " + std::strerror(errno));
+    if (rotation_.max_files < 1) rotation_.max_files = 1;
+    std::error_code ec;
+    auto size = std::filesystem::file_size(path_, ec);
+    size_ = ec ? 0 : size;  // appending: what is there counts toward the cap
+}
+
+void EventsFile::rotate() {
+    file_.reset();
+    std::error_code ec;
+    auto numbered = [this](unsigned i) { return path_ + "." + std::to_string(i); };
+    if (rotation_.max_files == 1) {
+        std::filesystem::remove(path_, ec);
+    } else {
+        std::filesystem::remove(numbered(rotation_.max_files - 1), ec);
+        for (unsigned i = rotation_.max_files - 1; i > 1; --i)
+            if (std::filesystem::exists(numbered(i - 1), ec)) std::filesystem::rename(numbered(i - 1), numbered(i), ec);
+        std::filesystem::rename(path_, numbered(1), ec);
+        if (ec) throw std::runtime_error("--events " + path_ + ": cannot rotate: " + ec.message());
+    }
+    file_.reset(std::fopen(path_.c_str(), "ae"));
+    if (!file_) throw std::runtime_error("--events " + path_ + ": cannot start a new file: " + std::strerror(errno));
+    size_ = 0;
 }
 
 void EventsFile::write_line(const std::string& line) {
+    if (rotation_.max_bytes && size_ > 0 && size_ + line.size() + 1 > rotation_.max_bytes) rotate();
+    size_ += line.size() + 1;
     if (std::fwrite(line.data(), 1, line.size(), file_.get()) != line.size() || std::fputc('\n', file_.get()) == EOF ||
         std::fflush(file_.get()) != 0)
         throw std::runtime_error("--events " + path_ + ": write failed: " + std::strerror(errno));
@@ -115,6 +142,61 @@ Recording read_recording(std::istream& in, const std::string& name,
     }
     if (in.bad()) throw std::runtime_error(name + ": read failed: " + std::strerror(errno ? errno : EIO));
     return rec;
+}
+
+}  // namespace imdstrace
+
+namespace imdstrace {
+
+std::vector<std::string> rotated_set(const std::string& file) {
+    std::vector<std::string> set{file};
+    std::error_code ec;
+    for (unsigned i = 1; i < 100000 && std::filesystem::is_regular_file(file + "." + std::to_string(i), ec); ++i)
+        set.insert(set.begin(), file + "." + std::to_string(i));
+    return set;
+}
+
+std::optional<std::uint64_t> parse_byte_size(const std::string& text) {
+    if (text.empty() || !std::isdigit(static_cast<unsigned char>(text[0]))) return std::nullopt;
+    std::size_t used = 0;
+    unsigned long long v = 0;
+    try {
+        v = std::stoull(text, &used);
+    } catch (const std::exception&) {
+        return std::nullopt;
+    }
+    std::string unit = text.substr(used);
+    int shift = unit.empty() ? 0 : unit == "K" || unit == "k" ? 10 : unit == "M" ? 20 : unit == "G" ? 30 : -1;
+    if (shift < 0 || v == 0 || v > (std::uint64_t{1} << 50) >> shift) return std::nullopt;
+    return static_cast<std::uint64_t>(v) << shift;
+}
+
+Recording read_recordings(const std::vector<std::string>& files, const std::function<void(TransactionRecord&&)>& add) {
+    Recording all;
+    std::set<std::string> targets(all.recorded_targets.begin(), all.recorded_targets.end());
+    for (const auto& file : files) {
+        std::error_code ec;
+        if (std::filesystem::is_directory(file, ec))
+            throw UsageError("report: " + file + " is a directory: give the JSONL file written with --events");
+        std::ifstream in(file);
+        if (!in) throw UsageError("report: cannot read " + file + ": " + std::strerror(errno));
+        auto r = read_recording(in, file, add);
+        all.recorded_window += r.recorded_window;
+        for (const auto& t : r.recorded_targets)
+            if (targets.insert(t).second) all.recorded_targets.push_back(t);
+        if (r.first_ms && (!all.first_ms || r.first_ms < all.first_ms)) all.first_ms = r.first_ms;
+        all.last_ms = std::max(all.last_ms, r.last_ms);
+        all.servers.insert(r.servers.begin(), r.servers.end());
+        all.transactions += r.transactions;
+        if (r.skipped && !all.skipped) all.first_skipped = r.first_skipped;
+        all.skipped += r.skipped;
+        all.other_namespace_events += r.other_namespace_events;
+        all.socket_bookkeeping_frees += r.socket_bookkeeping_frees;
+        all.events_lost += r.events_lost;
+        all.late_drops += r.late_drops;
+        if (r.node.ipv4_forwarding || r.node.ipv6_forwarding) all.node = r.node;  // the latest recorded facts
+    }
+    return all;
 }
 
 }  // namespace imdstrace

@@ -9,6 +9,7 @@
 #include <functional>
 #include <istream>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -20,10 +21,20 @@
 
 namespace imdstrace {
 
+// Size-capped rotation, like tcpdump's -C/-W and logrotate's numbering:
+// before a line would take FILE past `max_bytes`, FILE becomes FILE.1,
+// FILE.1 becomes FILE.2, ..., FILE.<max_files-1> is removed, and a new FILE
+// is started.  So at most `max_files` files and about `max_bytes` each
+// (a single line longer than that still gets written, alone in its file).
+struct EventsRotation {
+    std::uint64_t max_bytes = 0;  // 0 = never rotate
+    unsigned max_files = 10;      // FILE and FILE.1 .. FILE.<max_files-1>
+};
+
 class EventsFile {
 public:
     // Opens for appending.  Throws UsageError naming the file when it cannot.
-    explicit EventsFile(std::string path);
+    explicit EventsFile(std::string path, EventsRotation rotation = {});
     // Throws std::runtime_error naming the file and errno when the write or
     // its flush fails (a full disk must not lose evidence silently).
     void write(const TransactionRecord& r);
@@ -34,7 +45,10 @@ public:
 
 private:
     void write_line(const std::string& line);
+    void rotate();
     std::string path_;
+    EventsRotation rotation_;
+    std::uint64_t size_ = 0;
     std::unique_ptr<std::FILE, int (*)(std::FILE*)> file_;
 };
 
@@ -55,11 +69,22 @@ struct Recording {
     NodeFacts node;
 };
 
+// A rotated set, oldest first: FILE.N, ..., FILE.1, FILE (the numbers that
+// exist from 1 up without a gap).  Just {FILE} when nothing was rotated.
+std::vector<std::string> rotated_set(const std::string& file);
+
+// --events-max-bytes: a number of bytes, optionally with a K, M or G suffix
+// (powers of 1024).  nullopt when the text is not that or is 0.
+std::optional<std::uint64_t> parse_byte_size(const std::string& text);
+
 inline constexpr std::size_t kRecordingMaxLine = 1 << 20;  // a transaction line is ~1 kB
 
 // Reads JSONL from `in` (`name` for messages) and hands every transaction
 // to `add`.  Throws std::runtime_error only when the stream itself fails.
 Recording read_recording(std::istream& in, const std::string& name,
                          const std::function<void(TransactionRecord&&)>& add);
+// Several files read in the order given, as one recording.  Throws
+// UsageError for a file that cannot be opened.
+Recording read_recordings(const std::vector<std::string>& files, const std::function<void(TransactionRecord&&)>& add);
 
 }  // namespace imdstrace

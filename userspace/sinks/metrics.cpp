@@ -3,6 +3,9 @@
 #include <fmt/format.h>
 #include <httplib.h>
 
+#include <unistd.h>
+
+#include <cstdlib>
 #include <stdexcept>
 
 #include "common/net.hpp"
@@ -77,43 +80,54 @@ std::size_t Metrics::pod_series() const {
 std::string Metrics::render(std::int64_t now_ms) {
     std::lock_guard lock(mu_);
     age_out(now_ms);
+    const std::string node = escape(node_);
     std::string o;
     o += "# HELP imdstrace_transactions_total IMDS transactions by pod and verdict.\n";
     o += "# TYPE imdstrace_transactions_total counter\n";
     for (const auto& [k, p] : pods_)
         for (const auto& [v, n] : p.transactions)
-            o += fmt::format("imdstrace_transactions_total{{namespace=\"{}\",pod=\"{}\",verdict=\"{}\"}} {}\n",
-                             escape(p.ns), escape(p.pod), v, n);
+            o += fmt::format("imdstrace_transactions_total{{node=\"{}\",namespace=\"{}\",pod=\"{}\",verdict=\"{}\"}} {}\n",
+                             node, escape(p.ns), escape(p.pod), v, n);
     o += "# HELP imdstrace_drops_total Kernel drops of IMDS traffic by pod and drop reason.\n";
     o += "# TYPE imdstrace_drops_total counter\n";
     for (const auto& [k, p] : pods_)
         for (const auto& [reason, n] : p.drops)
-            o += fmt::format("imdstrace_drops_total{{namespace=\"{}\",pod=\"{}\",reason=\"{}\"}} {}\n", escape(p.ns),
+            o += fmt::format("imdstrace_drops_total{{node=\"{}\",namespace=\"{}\",pod=\"{}\",reason=\"{}\"}} {}\n", node,
+                             escape(p.ns),
                              escape(p.pod), escape(reason), n);
     o += "# HELP imdstrace_response_ttl_at_node IP TTL of IMDS responses arriving at the node.\n";
     o += "# TYPE imdstrace_response_ttl_at_node histogram\n";
     for (std::size_t i = 0; i < std::size(kTtlBuckets); ++i)
-        o += fmt::format("imdstrace_response_ttl_at_node_bucket{{le=\"{}\"}} {}\n", kTtlBuckets[i],
+        o += fmt::format("imdstrace_response_ttl_at_node_bucket{{node=\"{}\",le=\"{}\"}} {}\n", node, kTtlBuckets[i],
                          ttl_bucket_counts_[i]);
-    o += fmt::format("imdstrace_response_ttl_at_node_bucket{{le=\"+Inf\"}} {}\n", ttl_count_);
-    o += fmt::format("imdstrace_response_ttl_at_node_sum {}\n", ttl_sum_);
-    o += fmt::format("imdstrace_response_ttl_at_node_count {}\n", ttl_count_);
+    o += fmt::format("imdstrace_response_ttl_at_node_bucket{{node=\"{}\",le=\"+Inf\"}} {}\n", node, ttl_count_);
+    o += fmt::format("imdstrace_response_ttl_at_node_sum{{node=\"{}\"}} {}\n", node, ttl_sum_);
+    o += fmt::format("imdstrace_response_ttl_at_node_count{{node=\"{}\"}} {}\n", node, ttl_count_);
     o += "# HELP imdstrace_pod_required_hop_limit IMDS hop limit the pod needs (hops behind the uplink + 1).\n";
     o += "# TYPE imdstrace_pod_required_hop_limit gauge\n";
     for (const auto& [k, p] : pods_)
         if (p.required_hop_limit)
-            o += fmt::format("imdstrace_pod_required_hop_limit{{namespace=\"{}\",pod=\"{}\"}} {}\n", escape(p.ns),
+            o += fmt::format("imdstrace_pod_required_hop_limit{{node=\"{}\",namespace=\"{}\",pod=\"{}\"}} {}\n", node,
+                             escape(p.ns),
                              escape(p.pod), *p.required_hop_limit);
     o += "# HELP imdstrace_node_hop_limit_observed TTL of IMDS token responses arriving at the node.\n";
     o += "# TYPE imdstrace_node_hop_limit_observed gauge\n";
-    if (node_hop_limit_) o += fmt::format("imdstrace_node_hop_limit_observed {}\n", *node_hop_limit_);
+    if (node_hop_limit_) o += fmt::format("imdstrace_node_hop_limit_observed{{node=\"{}\"}} {}\n", node, *node_hop_limit_);
     o += "# HELP imdstrace_events_lost_total Events the kernel could not queue (ring buffer full).\n";
     o += "# TYPE imdstrace_events_lost_total counter\n";
-    o += fmt::format("imdstrace_events_lost_total {}\n", events_lost_);
+    o += fmt::format("imdstrace_events_lost_total{{node=\"{}\"}} {}\n", node, events_lost_);
     o += "# HELP imdstrace_build_info imdstrace version.\n";
     o += "# TYPE imdstrace_build_info gauge\n";
-    o += fmt::format("imdstrace_build_info{{version=\"{}\"}} 1\n", kVersion);
+    o += fmt::format("imdstrace_build_info{{node=\"{}\",version=\"{}\"}} 1\n", node, kVersion);
     return o;
+}
+
+std::string metrics_node_name(const std::string& given) {
+    if (!given.empty()) return given;
+    if (const char* env = std::getenv("NODE_NAME"); env && *env) return env;
+    char host[256] = {};
+    if (gethostname(host, sizeof host - 1) == 0 && host[0]) return host;
+    return "unknown";
 }
 
 std::optional<Endpoint> parse_metrics_listen(const std::string& listen) {

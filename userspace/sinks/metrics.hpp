@@ -1,6 +1,8 @@
 // Prometheus metrics (names are a contract: ../shared/DESIGN.md), served
 // over HTTP by cpp-httplib.  Label cardinality is bounded: a pod whose
-// series have not moved for `pod_ttl` ages out of the exposition.
+// series have not moved for `pod_ttl` ages out of the exposition.  Every
+// series carries `node` (--node-name, the DaemonSet's NODE_NAME, else the
+// host name), so alerts and `imdstrace fleet` can name the node.
 #pragma once
 
 #include "common/net.hpp"
@@ -25,7 +27,8 @@ namespace imdstrace {
 
 class Metrics {
 public:
-    explicit Metrics(std::chrono::milliseconds pod_ttl = std::chrono::minutes(10)) : pod_ttl_(pod_ttl) {}
+    explicit Metrics(std::string node = "", std::chrono::milliseconds pod_ttl = std::chrono::minutes(10))
+        : node_(std::move(node)), pod_ttl_(pod_ttl) {}
 
     void record(const TransactionRecord& r, std::int64_t now_ms);
     void set_events_lost(std::uint64_t lost);
@@ -44,6 +47,7 @@ private:
     void age_out(std::int64_t now_ms);
 
     mutable std::mutex mu_;
+    std::string node_;
     std::chrono::milliseconds pod_ttl_;
     std::map<std::string, PodSeries> pods_;
     static constexpr int kTtlBuckets[] = {1, 2, 3, 4, 8, 16, 32, 64, 128, 255};
@@ -53,6 +57,10 @@ private:
     std::optional<int> node_hop_limit_;
     std::uint64_t events_lost_ = 0;
 };
+
+// The node name metrics carry: `given` (--node-name) when set, else the
+// NODE_NAME environment variable (the downward API), else the host name.
+std::string metrics_node_name(const std::string& given);
 
 // --metrics ADDR:PORT.  The port is required; 0 asks for a free one (the
 // caller logs the bound port).  nullopt when the text is not that.

@@ -1,0 +1,204 @@
+// The fleet view: metrics carry the node; `imdstrace fleet` turns Prometheus
+// answers into nodes, failing pods, node groups and fixes; --events rotation
+// and reading a rotated set back in order.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "fleet/fleet.hpp"
+#include "sinks/events_file.hpp"
+#include "sinks/metrics.hpp"
+
+using namespace imdstrace;
+
+namespace {
+
+TransactionRecord token_put(const std::string& pod, int ttl, Verdict v, std::optional<int> required) {
+    TransactionRecord r;
+    r.wall_ms = 1'000;
+    PodInfo p;
+    p.namespace_ = "kube-system";
+    p.name = pod;
+    r.pod = p;
+    r.client = *Endpoint::parse("198.18.1.11:40000", 0);
+    r.server = *Endpoint::parse("169.254.169.254:80", 80);
+    HttpRequest req;
+    req.method = "PUT";
+    req.path = "/latest/api/token";
+    req.token_ttl = true;
+    req.headers_complete = true;
+    r.request = req;
+    r.status = 200;
+    r.ttl_at_node = ttl;
+    r.required_hop_limit = required;
+    r.hops = required ? std::optional(*required - 1) : std::nullopt;
+    r.verdict = v;
+    return r;
+}
+
+nlohmann::json sample(std::map<std::string, std::string> labels, double v) {
+    nlohmann::json m = nlohmann::json::object();
+    for (const auto& [k, val] : labels) m[k] = val;
+    return {{"metric", m}, {"value", {1700000000.0, std::to_string(v)}}};
+}
+
+}  // namespace
+
+TEST(MetricsNode, EverySeriesCarriesTheNode) {
+    Metrics m("ip-10-0-1-5.ec2.internal");
+    m.record(token_put("alb-controller", 1, Verdict::hop_limit_exceeded, 2), 1000);
+    m.set_events_lost(7);
+    auto text = m.render(1000);
+    std::istringstream in(text);
+    int series = 0;
+    for (std::string line; std::getline(in, line);) {
+        if (line.empty() || line[0] == '#') continue;
+        ++series;
+        EXPECT_NE(line.find("{node=\"ip-10-0-1-5.ec2.internal\""), std::string::npos) << line;
+    }
+    EXPECT_GE(series, 10);
+    EXPECT_NE(text.find("imdstrace_node_hop_limit_observed{node=\"ip-10-0-1-5.ec2.internal\"} 1\n"), std::string::npos);
+    EXPECT_NE(text.find("imdstrace_pod_required_hop_limit{node=\"ip-10-0-1-5.ec2.internal\",namespace=\"kube-system\","
+                        "pod=\"alb-controller\"} 2\n"),
+              std::string::npos)
+        << text;
+    EXPECT_NE(text.find("imdstrace_events_lost_total{node=\"ip-10-0-1-5.ec2.internal\"} 7\n"), std::string::npos);
+}
+
+TEST(MetricsNode, NameFromOptionThenNodeNameThenHostname) {
+    setenv("NODE_NAME", "from-downward-api", 1);
+    EXPECT_EQ(metrics_node_name("given"), "given");
+    EXPECT_EQ(metrics_node_name(""), "from-downward-api");
+    unsetenv("NODE_NAME");
+    char host[256] = {};
+    gethostname(host, sizeof host - 1);
+    EXPECT_EQ(metrics_node_name(""), host);
+}
+
+// Canned answers by query text, as Prometheus's /api/v1/query returns them.
+struct FakePrometheus {
+    std::vector<std::string> asked;
+    nlohmann::json operator()(const std::string& q) {
+        asked.push_back(q);
+        auto a = nlohmann::json::array();
+        if (q.starts_with("max by (node) (imdstrace_build_info)"))
+            for (auto n : {"node-a", "node-b", "node-c"}) a.push_back(sample({{"node", n}}, 1));
+        else if (q.starts_with("min by (node) (imdstrace_node_hop_limit_observed)"))
+            a = {sample({{"node", "node-a"}}, 1), sample({{"node", "node-b"}}, 2), sample({{"node", "node-c"}}, 1)};
+        else if (q.find("imdstrace_events_lost_total") != std::string::npos)
+            a = {sample({{"node", "node-a"}}, 0), sample({{"node", "node-b"}}, 12)};
+        else if (q.starts_with("max by (node, namespace, pod) (imdstrace_pod_required_hop_limit)"))
+            a = {sample({{"node", "node-a"}, {"namespace", "kube-system"}, {"pod", "alb"}}, 2),
+                 sample({{"node", "node-a"}, {"namespace", ""}, {"pod", "cgroup:/system.slice/kubelet.service"}}, 1),
+                 sample({{"node", "node-b"}, {"namespace", "default"}, {"pod", "web"}}, 2),
+                 sample({{"node", "node-c"}, {"namespace", "default"}, {"pod", "idle"}}, 2)};
+        else if (q.starts_with("(sum by (node, namespace, pod, verdict) (increase("))
+            a = {sample({{"node", "node-a"}, {"namespace", "kube-system"}, {"pod", "alb"}, {"verdict", "HOP_LIMIT_EXCEEDED"}}, 3),
+                 sample({{"node", "node-b"}, {"namespace", "default"}, {"pod", "web"}, {"verdict", "TOKEN_REQUIRED"}}, 1)};
+        else if (q.starts_with("sum by (node, namespace, pod, verdict) (imdstrace_transactions_total"))
+            a = {sample({{"node", "node-a"}, {"namespace", "kube-system"}, {"pod", "alb"}, {"verdict", "HOP_LIMIT_EXCEEDED"}}, 6),
+                 sample({{"node", "node-b"}, {"namespace", "default"}, {"pod", "web"}, {"verdict", "TOKEN_REQUIRED"}}, 4),
+                 // An old failure outside the window: not in the answer above, so not failing.
+                 sample({{"node", "node-b"}, {"namespace", "default"}, {"pod", "old"}, {"verdict", "NO_RESPONSE"}}, 9)};
+        else if (q.find("label_karpenter_sh_nodepool") != std::string::npos)
+            a = {sample({{"node", "node-a"}, {"label_karpenter_sh_nodepool", "general"}}, 1),
+                 sample({{"node", "node-c"}, {"label_karpenter_sh_nodepool", "general"}}, 1)};
+        return a;
+    }
+};
+
+TEST(Fleet, NodesFailingPodsGroupsAndTheFix) {
+    FakePrometheus prom;
+    auto f = build_fleet(std::ref(prom), FleetOptions{}, "http://prom:9090");
+    ASSERT_EQ(f.nodes.size(), 3u);
+    EXPECT_TRUE(f.failing());
+    const auto& a = f.nodes[0];
+    EXPECT_EQ(a.name, "node-a");
+    EXPECT_EQ(a.group, "general");
+    EXPECT_EQ(a.hop_limit_observed, 1);
+    EXPECT_EQ(a.required_hop_limit, 2);
+    ASSERT_EQ(a.pods.size(), 1u) << "the host process needs 1 and did not fail";
+    EXPECT_EQ(a.pods[0].name, "alb");
+    EXPECT_EQ(a.pods[0].verdict, "HOP_LIMIT_EXCEEDED");
+    EXPECT_EQ(a.pods[0].failures.at("HOP_LIMIT_EXCEEDED"), 6) << "counted as the counter stands";
+    const auto& b = f.nodes[1];
+    EXPECT_EQ(b.group, "");
+    EXPECT_EQ(b.events_lost, 12);
+    ASSERT_EQ(b.pods.size(), 1u) << "the failure outside the window is not one";
+    EXPECT_EQ(b.pods[0].verdict, "TOKEN_REQUIRED");
+    // node-c: no failure yet, but its pod needs 2 and the node has 1: failing by the arithmetic.
+    const auto& c = f.nodes[2];
+    ASSERT_EQ(c.pods.size(), 1u);
+    EXPECT_EQ(c.pods[0].verdict, "HOP_LIMIT_EXCEEDED");
+    EXPECT_TRUE(c.pods[0].failures.empty());
+    // Node group general (a and c) needs 2, has 1: the fix.  node-b alone has what it needs.
+    ASSERT_EQ(f.groups.size(), 2u);
+    EXPECT_EQ(f.groups[0].name, "general");
+    EXPECT_EQ(f.groups[0].nodes, (std::vector<std::string>{"node-a", "node-c"}));
+    EXPECT_EQ(f.groups[0].required_hop_limit, 2);
+    EXPECT_NE(f.groups[0].fix.find("httpPutResponseHopLimit: 2"), std::string::npos);
+    EXPECT_EQ(f.groups[1].fix, "");
+    auto j = to_json(f);
+    EXPECT_EQ(j["schema"], "imdstrace.fleet/v1");
+    EXPECT_EQ(j["nodes"][0]["status"], "FAILING");
+    EXPECT_EQ(j["nodes"][1]["node_group"], nullptr);
+    auto text = format_fleet(f, false);
+    EXPECT_NE(text.find("node group general: hop limit 1, its pods need 2 (nodes: node-a, node-c)"), std::string::npos)
+        << text;
+    EXPECT_NE(text.find("12 events lost"), std::string::npos) << text;
+}
+
+TEST(Fleet, HealthyFleetIsNotFailing) {
+    auto f = build_fleet(
+        [](const std::string& q) {
+            auto a = nlohmann::json::array();
+            if (q.starts_with("max by (node) (imdstrace_build_info)")) a.push_back(sample({{"node", "n"}}, 1));
+            if (q.starts_with("min by (node)")) a.push_back(sample({{"node", "n"}}, 2));
+            if (q.starts_with("max by (node, namespace, pod)"))
+                a.push_back(sample({{"node", "n"}, {"namespace", "x"}, {"pod", "p"}}, 2));
+            return a;
+        },
+        FleetOptions{}, "u");
+    EXPECT_FALSE(f.failing());
+    EXPECT_TRUE(f.groups[0].fix.empty());
+}
+
+TEST(EventsRotation, CapsSizeAndCountAndReadsBackInOrder) {
+    auto dir = std::filesystem::temp_directory_path() / ("imdstrace-rot-" + std::to_string(getpid()));
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+    const std::string file = (dir / "events.jsonl").string();
+    {
+        EventsFile ev(file, EventsRotation{4096, 3});
+        for (int i = 0; i < 40; ++i) {
+            auto r = token_put("pod" + std::to_string(i), 1, Verdict::hop_limit_exceeded, 2);
+            r.wall_ms = 1'000'000 + i;
+            ev.write(r);
+        }
+    }
+    EXPECT_TRUE(std::filesystem::exists(file + ".1"));
+    EXPECT_TRUE(std::filesystem::exists(file + ".2"));
+    EXPECT_FALSE(std::filesystem::exists(file + ".3")) << "at most 3 files";
+    for (auto f : {file, file + ".1", file + ".2"}) EXPECT_LE(std::filesystem::file_size(f), 4096u) << f;
+    auto set = rotated_set(file);
+    EXPECT_EQ(set, (std::vector<std::string>{file + ".2", file + ".1", file}));
+    std::vector<std::int64_t> order;
+    auto rec = read_recordings(set, [&order](TransactionRecord&& r) { order.push_back(r.wall_ms); });
+    ASSERT_GE(order.size(), 10u);
+    EXPECT_TRUE(std::is_sorted(order.begin(), order.end())) << "oldest file first";
+    EXPECT_EQ(order.back(), 1'000'039) << "the newest transaction is in FILE";
+    EXPECT_LT(order.size(), 40u) << "the oldest were dropped with the file beyond the count";
+    EXPECT_EQ(rec.transactions, order.size());
+    std::filesystem::remove_all(dir);
+}
+
+TEST(EventsRotation, ByteSizes) {
+    EXPECT_EQ(parse_byte_size("4096"), 4096u);
+    EXPECT_EQ(parse_byte_size("64M"), 64u << 20);
+    EXPECT_EQ(parse_byte_size("2G"), std::uint64_t{2} << 30);
+    EXPECT_EQ(parse_byte_size("8k"), 8192u);
+    for (auto bad : {"", "0", "-1", "10X", "M", "1.5M", "99999999999999999999"})
+        EXPECT_FALSE(parse_byte_size(bad)) << bad;
+}

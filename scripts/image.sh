@@ -31,10 +31,12 @@ pm() {
 case $cmd in
 build)
     base="$cache/bookworm-minbase.tar"
-    if [[ ! -s "$base" ]]; then
+    if [[ ! -f "$base" || ! -s "$base" ]]; then
         echo "image: debian bookworm minbase with mmdebstrap -> $base" >&2
         start=$SECONDS
-        mmdebstrap --variant=minbase --quiet bookworm "$base.tmp"
+        rm -rf "$base" "$base.tmp"
+        # --format: the ".tmp" name would otherwise make mmdebstrap write a directory.
+        mmdebstrap --variant=minbase --format=tar --quiet bookworm "$base.tmp"
         mv "$base.tmp" "$base"
         echo "image: base made in $((SECONDS - start)) s" >&2
     fi

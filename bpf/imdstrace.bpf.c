@@ -39,10 +39,23 @@ const volatile bool kfree_skb_has_reason = true;
  */
 const volatile bool kfree_skb_has_rx_sk = true;
 
+/* The default size; the loader sets --ring-size (a power of two of pages). */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 4 << 20);
 } events SEC(".maps");
+
+/*
+ * Staging for records with a payload tail: built here, then copied to the
+ * ring with exactly sizeof(header) + copied bytes (bpf_ringbuf_output).  A
+ * record without payload is reserved on the ring directly, header only.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct imds_event_buf);
+} staging SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -225,9 +238,49 @@ static __always_inline struct imds_event *reserve(__u8 hook)
 	return e;
 }
 
+/*
+ * Wake the reader only once a batch has gathered (1/8 of the ring, at most
+ * 64 KiB): it polls every 100 ms anyway and drains on each return.  Under
+ * load that is one wakeup per few hundred records instead of one per record
+ * whenever the reader has caught up, which costs a context switch each.
+ */
+static __always_inline __u64 wakeup_flag(void)
+{
+	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	__u64 batch = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / 8;
+
+	if (batch > 65536)
+		batch = 65536;
+	return avail >= batch ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+}
+
 static __always_inline void submit(struct imds_event *e, __u8 hook)
 {
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, wakeup_flag());
+	count(hook, IMDS_CNT_EMITTED);
+}
+
+/* A record with a payload tail: staged per CPU, submitted by copy. */
+static __always_inline struct imds_event_buf *stage(__u8 hook)
+{
+	__u32 zero = 0;
+	struct imds_event_buf *b = bpf_map_lookup_elem(&staging, &zero);
+
+	if (b)
+		event_init(&b->hdr, hook);
+	return b;
+}
+
+static __always_inline void submit_staged(struct imds_event_buf *b, __u8 hook)
+{
+	__u64 size = sizeof(b->hdr) + (b->hdr.copied & (IMDS_PAYLOAD_MAX * 2 - 1));
+
+	if (size > sizeof(*b))
+		size = sizeof(*b);
+	if (bpf_ringbuf_output(&events, b, size, wakeup_flag())) {
+		count(hook, IMDS_CNT_LOST);
+		return;
+	}
 	count(hook, IMDS_CNT_EMITTED);
 }
 
@@ -241,6 +294,7 @@ static __attribute__((noinline)) int observe_target(struct __sk_buff *skb, __u32
 	struct pkt_src src = { .skb = skb, .l3_off = l3_off };
 	struct l3_info l3 = {}, inner = {};
 	struct tcphdr th = {};
+	struct imds_event_buf *buf = NULL;
 	struct imds_event *e;
 	__u8 icmp_type = 0, icmp_code = 0, dir;
 	__u32 idx, payload_off, payload_len;
@@ -272,7 +326,24 @@ static __attribute__((noinline)) int observe_target(struct __sk_buff *skb, __u32
 	}
 
 	count(hook, IMDS_CNT_SEEN);
-	e = reserve(hook);
+	/* Bytes of payload to copy: what the skb holds, at most IMDS_PAYLOAD_MAX. */
+	payload_off = l3.l4_off + th.doff * 4;
+	payload_len = l3.l4_len > th.doff * 4 ? l3.l4_len - th.doff * 4 : 0;
+	avail = skb->len;
+	avail = avail > (__u64)l3_off + payload_off ? avail - l3_off - payload_off : 0;
+	n = payload_len;
+	if (n > IMDS_PAYLOAD_MAX)
+		n = IMDS_PAYLOAD_MAX;
+	if (n > avail)
+		n = avail;
+	if (dir == IMDS_DIR_ICMP_ABOUT)
+		n = 0;
+	if (n > 0) {
+		buf = stage(hook);
+		e = buf ? &buf->hdr : NULL;
+	} else {
+		e = reserve(hook);
+	}
 	if (!e)
 		return 0;
 	e->ifindex = skb->ifindex;
@@ -298,18 +369,8 @@ static __attribute__((noinline)) int observe_target(struct __sk_buff *skb, __u32
 
 	copy_l3(e, &l3);
 	fill_tcp(e, &th);
-	payload_off = l3.l4_off + th.doff * 4;
-	payload_len = l3.l4_len > th.doff * 4 ? l3.l4_len - th.doff * 4 : 0;
 	e->payload_len = payload_len;
-	/* Copy what the skb holds, at most IMDS_PAYLOAD_MAX bytes. */
-	avail = skb->len;
-	avail = avail > (__u64)l3_off + payload_off ? avail - l3_off - payload_off : 0;
-	n = payload_len;
-	if (n > IMDS_PAYLOAD_MAX)
-		n = IMDS_PAYLOAD_MAX;
-	if (n > avail)
-		n = avail;
-	if (n > 0) {
+	if (buf) {
 		/*
 		 * For n in [1, MAX] this is n itself, but written so that every
 		 * verifier sees the range [1, MAX] on the very register passed
@@ -317,13 +378,16 @@ static __attribute__((noinline)) int observe_target(struct __sk_buff *skb, __u32
 		 * compiler's "n - 1 < MAX" form back to n.
 		 */
 		n = ((n - 1) & (IMDS_PAYLOAD_MAX - 1)) + 1;
-		if (bpf_skb_load_bytes(skb, l3_off + payload_off, e->payload, n) == 0)
+		if (bpf_skb_load_bytes(skb, l3_off + payload_off, buf->payload, n) == 0)
 			e->copied = n;
 	}
 	/* Longer than the copy, or the skb holds less than the IP length says. */
 	if (e->copied < payload_len)
 		e->flags |= IMDS_F_TRUNCATED;
-	submit(e, hook);
+	if (buf)
+		submit_staged(buf, hook);
+	else
+		submit(e, hook);
 	return 0;
 }
 

@@ -60,7 +60,11 @@ enum imds_family {
 #define IMDS_F_IN_CGROUP 0x10   /* connect: the task is in the traced cgroup tree */
 
 /*
- * One observation of one packet at one hook.  Addresses and ports are in
+ * One observation of one packet at one hook: a ring record is this fixed
+ * header followed by `copied` payload bytes (a variable-length tail, none for
+ * a packet without payload: a SYN, an ACK, a drop, a connect).  Records are
+ * sized to what they carry so the ring holds ~5x more events than fixed
+ * 640-byte slots.  Addresses and ports are in
  * network byte order exactly as on the wire; IPv4 addresses occupy the
  * first four bytes of the 16-byte fields.  The tuple is always written
  * client -> server orientation independent: saddr/sport are the packet's
@@ -99,6 +103,16 @@ struct imds_event {
 	__u32 pid;          /* connect: thread-group id of the connecting task */
 	__u8 comm[16];      /* connect: its command name; drop and icmp_send:
 			     * the device's name, resolved in its own netns */
+	/* followed by `copied` bytes of TCP payload (struct imds_event_buf) */
+};
+
+/*
+ * The largest record: header and a full payload tail.  Used as the BPF
+ * programs' per-CPU staging buffer; a record on the ring is only
+ * sizeof(struct imds_event) + copied bytes long.
+ */
+struct imds_event_buf {
+	struct imds_event hdr;
 	__u8 payload[IMDS_PAYLOAD_MAX];
 };
 

@@ -35,6 +35,7 @@ struct SessionOptions {
     std::string pcap_file;            // pcapng evidence of every observed packet
     std::string metrics_listen;       // ADDR:PORT for the Prometheus exposition
     std::optional<double> duration_s;
+    std::uint32_t ring_size = 0;  // event ring buffer bytes (power of two of pages); 0 = the BPF default
     bool prefer_tcx = true;
 
     const std::string& host_root() const { return pod_settings.host_root; }

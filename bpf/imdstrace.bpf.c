@@ -495,6 +495,37 @@ static __always_inline __u32 kernel_skb_netns(struct sk_buff *skb, struct sock *
 	return 0;
 }
 
+/*
+ * The kfree_skb program runs for every drop of the machine.  A non-target
+ * drop is rejected here with one read of kernel memory: skb->head and
+ * skb->network_header are plain loads through the tracepoint's BTF pointer
+ * (no helper call), then one copy of the fixed IP header and an address
+ * compare.  Only what may be target traffic pays the full parse below.
+ */
+static __always_inline bool kernel_skb_maybe_target(struct sk_buff *skb)
+{
+	unsigned char *head = skb->head;
+	__u16 nh = skb->network_header;
+	union {
+		struct iphdr v4;
+		struct ipv6hdr v6;
+	} ip;
+
+	if (!head || nh == (__u16)~0U)
+		return false;
+	if (bpf_probe_read_kernel(&ip.v4, sizeof(ip.v4), head + nh))
+		return false;
+	if (ip.v4.version == 4)
+		return ip.v4.protocol == IPPROTO_TCP &&
+		       (match_v4_addr(ip.v4.saddr) != IMDS_NO_TARGET || match_v4_addr(ip.v4.daddr) != IMDS_NO_TARGET);
+	if (ip.v4.version != 6 || n_targets_v6 == 0)
+		return false;
+	if (bpf_probe_read_kernel(&ip.v6, sizeof(ip.v6), head + nh))
+		return false;
+	return match_v6_addr((const __u32 *)&ip.v6.saddr) != IMDS_NO_TARGET ||
+	       match_v6_addr((const __u32 *)&ip.v6.daddr) != IMDS_NO_TARGET;
+}
+
 /* Match a kernel skb against the targets in either direction. */
 static __always_inline int classify_kernel_skb(struct sk_buff *skb, struct l3_info *l3, struct tcphdr *th,
 					       __u32 *idx, __u8 *dir)
@@ -574,6 +605,8 @@ int BPF_PROG(observe_drop, struct sk_buff *skb, void *location)
 		    reason == bpf_core_enum_value(enum skb_drop_reason, SKB_CONSUMED))
 			return 0;
 	}
+	if (!kernel_skb_maybe_target(skb))
+		return 0;
 	if (classify_kernel_skb(skb, &l3, &th, &idx, &dir))
 		return 0;
 

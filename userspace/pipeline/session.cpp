@@ -148,7 +148,7 @@ struct Session::Impl {
         auto lost = tracer->events_lost();
         if (lost == events_lost) return;
         events_lost = lost;
-        correlator->note_loss();
+        correlator->note_loss(lost, monotonic_ns());
     }
 
     // 4. correlate hands over a finished transaction: judge and attribute it.

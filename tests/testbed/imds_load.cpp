@@ -3,8 +3,12 @@
 //   imds-load [--target ADDR:PORT] [--clients N] [--duration S] [--count N] [--per-second]
 //
 // N client threads, each doing token transactions back to back: a new TCP connection,
-// PUT /latest/api/token with the TTL header, the whole answer read, the connection closed (what
-// aws-sdk-go-v2 does for every token attempt). Prints transactions per second and a RESULT line.
+// PUT /latest/api/token with the TTL header and "Connection: close", the whole answer read, the
+// connection closed.  The server closes first, so TIME_WAIT lands on the emulator's side: a
+// client that closes first from one address keeps every port it used in TIME_WAIT for 60 s, and
+// past ~470 connections/s (28,232 ephemeral ports / 60 s) connect() first slows down (the kernel
+// searches a range full of TIME_WAIT) and then fails - that, not the emulator, was most of the
+// "slowdown over a minute of load". Prints transactions per second and a RESULT line.
 // Bounded: at most 120 s and 10 M transactions. Refuses to run outside a testbed network
 // namespace (/run/netns/imdst-*) and toward anything but the metadata addresses or the 198.18.0.0/15 test range.
 //
@@ -117,6 +121,9 @@ bool transaction(const sockaddr_storage& ss, socklen_t len, const std::string& r
             long body = cl != std::string::npos && cl < head ? std::atol(got.c_str() + cl + 16) : 0;
             if (static_cast<long>(got.size() - head - 4) >= body) {
                 ok = got.compare(0, 12, "HTTP/1.1 200") == 0;
+                // Wait for the server's FIN, then close: TIME_WAIT stays on its side.
+                while (recv(fd, buf, sizeof buf, 0) > 0) {
+                }
                 break;
             }
         }
@@ -171,7 +178,7 @@ int main(int argc, char** argv) {
     }
     const std::string request = "PUT /latest/api/token HTTP/1.1\r\nHost: " + host +
                                 "\r\nUser-Agent: imds-load\r\nX-aws-ec2-metadata-token-ttl-seconds: 21600\r\n"
-                                "Content-Length: 0\r\n\r\n";
+                                "Content-Length: 0\r\nConnection: close\r\n\r\n";
     const auto start = Clock::now();
     std::vector<std::thread> threads;
     for (long i = 0; i < clients; ++i) threads.emplace_back(client, ss, len, request, count);

@@ -20,7 +20,7 @@ trap 'rm -f "$OUT" "$OUT.rec"' EXIT
 run() {  # run NAME CMD...: stream its output, keep its RESULT lines
     echo "== $1" >&2
     shift
-    "$@" 2>&1 | tee /dev/stderr | grep '^RESULT ' >>"$OUT" || echo "bench: $1 did not finish" >&2
+    "$@" 2>&1 | tee -a /dev/stderr | grep '^RESULT ' >>"$OUT" || echo "bench: $1 did not finish" >&2
 }
 
 if [[ $QUICK == 1 ]]; then
@@ -36,7 +36,7 @@ else
     run replay "$BUILD/bench/imdstrace-replay" run "$OUT.rec" --passes 10
     if [[ -n "${REPLAY_BASE:-}" ]]; then
         "$REPLAY_BASE" run "$OUT.rec" --passes 10 --pad 640 2>&1 | sed 's/^RESULT replay /RESULT replay_base /' |
-            tee /dev/stderr | grep '^RESULT ' >>"$OUT"
+            tee -a /dev/stderr | grep '^RESULT ' >>"$OUT"
     fi
     run burst "$REPO/bench/burst.sh"
     run drop "$REPO/bench/drop_cost.sh"

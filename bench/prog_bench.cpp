@@ -312,7 +312,7 @@ int main(int argc, char** argv) {
     for (const auto& r : rows)
         if (!r.target && (!worst || r.ratio() > worst->ratio())) worst = &r;
     bool pass = worst && worst->ratio() <= kBudget;
-    std::printf("\nverdict: non-target packets cost <= %.1fx the empty program: %s (worst %.2fx, %s, %s)\n", kBudget,
+    std::printf("\nverdict: non-target packets cost <= %.2fx the empty program: %s (worst %.2fx, %s, %s)\n", kBudget,
                 pass ? "PASS" : "FAIL", worst ? worst->ratio() : 0.0, worst ? worst->prog.c_str() : "-",
                 worst ? worst->packet.c_str() : "-");
     std::printf("events consumed: %llu, lost (ring full) during the measured runs: %llu%s\n",

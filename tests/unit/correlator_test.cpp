@@ -392,6 +392,24 @@ TEST_F(CorrelatorTest, PortReuseAfterFinish) {
     EXPECT_FALSE(out[1].server_reset);
 }
 
+// The same port again while the closed connection still lingers (the server
+// closed first, so the client holds no TIME_WAIT): a new connection, not a
+// second exchange of the old one.
+TEST_F(CorrelatorTest, PortReuseWhileTheClosedConnectionLingers) {
+    using H = Hook;
+    using D = Direction;
+    const auto pod = flow("198.18.1.9:42001");
+    feed({Ob(0, H::cgroup_egress, D::to_target, pod).flags(tcp::syn).seq(1).cgroup(1),
+          Ob(1, H::cgroup_egress, D::to_target, pod).seq(2).cgroup(1).request(http_req("PUT", "/latest/api/token")),
+          Ob(2, H::cgroup_ingress, D::from_target, pod).seq(500).cgroup(1).response(200),
+          Ob(3, H::cgroup_egress, D::to_target, pod).flags(tcp::fin | tcp::ack).seq(90).cgroup(1),
+          Ob(100, H::cgroup_egress, D::to_target, pod).flags(tcp::syn).seq(7000).cgroup(1)});
+    EXPECT_EQ(corr->open_connections(), 2u);
+    corr->flush();
+    ASSERT_EQ(out.size(), 2u);
+    EXPECT_NE(out[1].id, out[0].id);
+}
+
 // (g) Memory bound: the oldest connection is finished and forgotten.
 TEST_F(CorrelatorTest, MaxConnectionsBound) {
     CorrelatorOptions opts;

@@ -126,8 +126,9 @@ Correlator::Connection* Correlator::find_or_create(const Observation& o) {
         auto c = conns_.find(it->second);
         return c == conns_.end() ? nullptr : c->second.get();
     };
-    // A new SYN on a tuple whose connection finished is a new connection (port reuse).
-    auto reusable = [&o](Connection* c) { return c && !(c->finished && o.is_syn()); };
+    // A new SYN on a tuple whose connection finished, or closed and lingers, is a new
+    // connection (port reuse: a client whose server closed first holds no TIME_WAIT).
+    auto reusable = [&o](Connection* c) { return c && !((c->finished || c->closed_ns) && o.is_syn()); };
 
     const bool either_side = o.hook == Hook::drop || o.hook == Hook::icmp_send || o.direction == Direction::icmp_about;
     if (either_side) {

@@ -39,7 +39,13 @@ namespace {
 using pkt::Bytes;
 using pkt::Packet;
 
-constexpr double kBudget = 1.3;
+constexpr double kBudget = 1.15;  // issue 12: every program <= 1.15x an empty one of its type
+
+std::string underscores(std::string s) {
+    for (auto& c : s)
+        if (c == ' ') c = '_';
+    return s;
+}
 
 struct Options {
     unsigned repeat = 1'000'000;
@@ -207,7 +213,8 @@ int main(int argc, char** argv) {
 
     Bench b;
     load(b);
-    const std::uint32_t per_event = ((sizeof(imds_event) + 8 + 7) / 8) * 8;
+    // Records are sized to what they carry; the largest (a full payload tail) bounds the count.
+    const std::uint32_t per_event = ((sizeof(imds_event_buf) + 8 + 7) / 8) * 8;
     const std::uint32_t capacity = bpf_map__max_entries(b.skel->maps.events) / per_event;
     if (opt.target_repeat > capacity) {
         std::fprintf(stderr, "--target-repeat %u does not fit the ring buffer (%u events): using %u\n",
@@ -284,13 +291,20 @@ int main(int argc, char** argv) {
     }
     const std::uint64_t lost = b.lost() - lost0;
 
-    std::printf("%-15s %-24s %8s %8s %9s %7s   %9s %9s %7s\n", "program", "packet", "repeat", "ns/pkt", "empty ns",
-                "ratio", "wall ns", "empty", "ratio");
-    std::printf("%-15s %-24s %8s %8s %9s %7s   %9s %9s %7s\n", "", "", "", "(kernel)", "(kernel)", "", "(syscall)",
+    std::printf("%-15s %-24s %8s %8s %9s %7s %7s   %9s %9s %7s\n", "program", "packet", "repeat", "ns/pkt", "empty ns",
+                "ratio", "+ns", "wall ns", "empty", "ratio");
+    std::printf("%-15s %-24s %8s %8s %9s %7s %7s   %9s %9s %7s\n", "", "", "", "(kernel)", "(kernel)", "", "", "(syscall)",
                 "(syscall)", "");
     for (const auto& r : rows)
-        std::printf("%-15s %-24s %8u %8.0f %9.0f %6.2fx   %9.2f %9.2f %6.2fx\n", r.prog.c_str(), r.packet.c_str(),
-                    r.repeat, r.ns, r.empty_ns, r.ratio(), r.wall_ns, r.empty_wall_ns, r.wall_ratio());
+        std::printf("%-15s %-24s %8u %8.0f %9.0f %6.2fx %+7.1f   %9.2f %9.2f %6.2fx\n", r.prog.c_str(), r.packet.c_str(),
+                    r.repeat, r.ns, r.empty_ns, r.ratio(), r.wall_ns - r.empty_wall_ns, r.wall_ns, r.empty_wall_ns,
+                    r.wall_ratio());
+    // One line per row for bench/run.sh's table.
+    for (const auto& r : rows)
+        if (!r.target)
+            std::printf("RESULT prog prog=%s packet=%s ns=%.0f empty_ns=%.0f ratio=%.2f plus_ns=%.1f\n", r.prog.c_str(),
+                        underscores(r.packet).c_str(), r.ns, r.empty_ns, r.ratio(),
+                        r.wall_ns - r.empty_wall_ns);
 
     // The budget, judged on the kernel's figure; the syscall figure (finer
     // than the kernel's whole nanoseconds) is shown beside it.
@@ -298,7 +312,7 @@ int main(int argc, char** argv) {
     for (const auto& r : rows)
         if (!r.target && (!worst || r.ratio() > worst->ratio())) worst = &r;
     bool pass = worst && worst->ratio() <= kBudget;
-    std::printf("\nverdict: non-target packets cost <= %.1fx the empty program: %s (worst %.2fx, %s, %s)\n", kBudget,
+    std::printf("\nverdict: non-target packets cost <= %.2fx the empty program: %s (worst %.2fx, %s, %s)\n", kBudget,
                 pass ? "PASS" : "FAIL", worst ? worst->ratio() : 0.0, worst ? worst->prog.c_str() : "-",
                 worst ? worst->packet.c_str() : "-");
     std::printf("events consumed: %llu, lost (ring full) during the measured runs: %llu%s\n",

@@ -39,10 +39,23 @@ const volatile bool kfree_skb_has_reason = true;
  */
 const volatile bool kfree_skb_has_rx_sk = true;
 
+/* The default size; the loader sets --ring-size (a power of two of pages). */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 4 << 20);
 } events SEC(".maps");
+
+/*
+ * Staging for records with a payload tail: built here, then copied to the
+ * ring with exactly sizeof(header) + copied bytes (bpf_ringbuf_output).  A
+ * record without payload is reserved on the ring directly, header only.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct imds_event_buf);
+} staging SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -104,6 +117,7 @@ volatile __u32 proxied = 0;
 
 /* Look for absolute-URI metadata requests in pods' TCP payloads (rodata). */
 const volatile bool detect_proxy = true;
+
 
 static __always_inline void count(__u8 hook, __u32 what)
 {
@@ -268,21 +282,70 @@ static __always_inline struct imds_event *reserve(__u8 hook)
 	return e;
 }
 
+/*
+ * Wake the reader only when the data waiting crosses a batch (1/8 of the
+ * ring, at most 64 KiB) or half the ring: it polls every 100 ms anyway and
+ * drains on each return.  Under load that is one wakeup per few hundred
+ * records instead of one per record whenever the reader has caught up (a
+ * context switch each), and never one per record while it is behind (a
+ * wakeup costs microseconds: forcing it on every record of a full ring made
+ * each record ~25x dearer).  `avail` counts this record (`len` bytes).
+ */
+static __always_inline __u64 wakeup_flag(__u64 avail, __u64 len)
+{
+	__u64 size = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE);
+	__u64 batch = size / 8;
+	__u64 rec = (len + 8 + 7) & ~7ULL; /* the ring's own 8-byte header, rounded */
+
+	if (batch > 65536)
+		batch = 65536;
+	if ((avail >= batch && avail < batch + rec) || (avail >= size / 2 && avail < size / 2 + rec))
+		return BPF_RB_FORCE_WAKEUP;
+	return BPF_RB_NO_WAKEUP;
+}
+
 static __always_inline void submit(struct imds_event *e, __u8 hook)
 {
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, wakeup_flag(bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA), sizeof(*e)));
 	count(hook, IMDS_CNT_EMITTED);
 }
 
-/* The TCP payload's first bytes, what the skb holds, at most IMDS_PAYLOAD_MAX. */
-static __always_inline void copy_payload(struct imds_event *e, struct __sk_buff *skb, __u32 l3_off,
-					 const struct l3_info *l3, const struct tcphdr *th)
+/* A record with a payload tail: staged per CPU, submitted by copy. */
+static __always_inline struct imds_event_buf *stage(__u8 hook)
+{
+	__u32 zero = 0;
+	struct imds_event_buf *b = bpf_map_lookup_elem(&staging, &zero);
+
+	if (b)
+		event_init(&b->hdr, hook);
+	return b;
+}
+
+static __always_inline void submit_staged(struct imds_event_buf *b, __u8 hook)
+{
+	__u64 size = sizeof(b->hdr) + (b->hdr.copied & (IMDS_PAYLOAD_MAX * 2 - 1));
+
+	if (size > sizeof(*b))
+		size = sizeof(*b);
+	if (bpf_ringbuf_output(&events, b, size,
+			       wakeup_flag(bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + size, size))) {
+		count(hook, IMDS_CNT_LOST);
+		return;
+	}
+	count(hook, IMDS_CNT_EMITTED);
+}
+
+/*
+ * Payload bytes a record of this TCP packet copies: what the skb holds, at
+ * most IMDS_PAYLOAD_MAX.  0 means a header-only record.
+ */
+static __always_inline __u32 payload_copy_len(struct __sk_buff *skb, __u32 l3_off, const struct l3_info *l3,
+					      const struct tcphdr *th)
 {
 	__u32 payload_off = l3->l4_off + th->doff * 4;
 	__u32 payload_len = l3->l4_len > th->doff * 4 ? l3->l4_len - th->doff * 4 : 0;
 	__u64 n, avail;
 
-	e->payload_len = payload_len;
 	avail = skb->len;
 	avail = avail > (__u64)l3_off + payload_off ? avail - l3_off - payload_off : 0;
 	n = payload_len;
@@ -290,7 +353,30 @@ static __always_inline void copy_payload(struct imds_event *e, struct __sk_buff 
 		n = IMDS_PAYLOAD_MAX;
 	if (n > avail)
 		n = avail;
+	return n;
+}
+
+/* A record for `n` payload bytes: staged per CPU when there are any, else reserved on the ring. */
+static __always_inline struct imds_event *start_record(__u8 hook, __u32 n, struct imds_event_buf **buf)
+{
+	*buf = NULL;
 	if (n > 0) {
+		*buf = stage(hook);
+		return *buf ? &(*buf)->hdr : NULL;
+	}
+	return reserve(hook);
+}
+
+/* Copy the payload tail (when staged), flag a cut one, and submit. */
+static __always_inline void finish_record(struct imds_event *e, struct imds_event_buf *buf, struct __sk_buff *skb,
+					  __u32 l3_off, const struct l3_info *l3, const struct tcphdr *th, __u64 n,
+					  __u8 hook)
+{
+	__u32 payload_off = l3->l4_off + th->doff * 4;
+	__u32 payload_len = l3->l4_len > th->doff * 4 ? l3->l4_len - th->doff * 4 : 0;
+
+	e->payload_len = payload_len;
+	if (buf && n > 0) {
 		/*
 		 * For n in [1, MAX] this is n itself, but written so that every
 		 * verifier sees the range [1, MAX] on the very register passed
@@ -298,12 +384,16 @@ static __always_inline void copy_payload(struct imds_event *e, struct __sk_buff 
 		 * compiler's "n - 1 < MAX" form back to n.
 		 */
 		n = ((n - 1) & (IMDS_PAYLOAD_MAX - 1)) + 1;
-		if (bpf_skb_load_bytes(skb, l3_off + payload_off, e->payload, n) == 0)
+		if (bpf_skb_load_bytes(skb, l3_off + payload_off, buf->payload, n) == 0)
 			e->copied = n;
 	}
 	/* Longer than the copy, or the skb holds less than the IP length says. */
 	if (e->copied < payload_len)
 		e->flags |= IMDS_F_TRUNCATED;
+	if (buf)
+		submit_staged(buf, hook);
+	else
+		submit(e, hook);
 }
 
 static __always_inline void followed_key_of(struct followed_key *k, __u8 family, const __u8 *addr, __be16 port)
@@ -374,9 +464,10 @@ static __attribute__((noinline)) int observe_target(struct __sk_buff *skb, __u32
 	struct pkt_src src = { .skb = skb, .l3_off = l3_off };
 	struct l3_info l3 = {}, inner = {};
 	struct tcphdr th = {};
+	struct imds_event_buf *buf = NULL;
 	struct imds_event *e;
 	__u8 icmp_type = 0, icmp_code = 0, dir;
-	__u32 idx;
+	__u32 idx, n = 0;
 
 	if (ipv6 ? parse_ipv6(&src, &l3) : parse_ipv4(&src, &l3))
 		return 0;
@@ -405,7 +496,9 @@ static __attribute__((noinline)) int observe_target(struct __sk_buff *skb, __u32
 	}
 
 	count(hook, IMDS_CNT_SEEN);
-	e = reserve(hook);
+	if (dir != IMDS_DIR_ICMP_ABOUT)
+		n = payload_copy_len(skb, l3_off, &l3, &th);
+	e = start_record(hook, n, &buf);
 	if (!e)
 		return 1;
 	e->ifindex = skb->ifindex;
@@ -437,8 +530,7 @@ static __attribute__((noinline)) int observe_target(struct __sk_buff *skb, __u32
 	}
 	copy_l3(e, &l3);
 	fill_tcp(e, &th);
-	copy_payload(e, skb, l3_off, &l3, &th);
-	submit(e, hook);
+	finish_record(e, buf, skb, l3_off, &l3, &th, n, hook);
 	return 1;
 }
 
@@ -483,9 +575,10 @@ static __attribute__((noinline)) int observe_proxied(struct __sk_buff *skb, __u3
 	struct l3_info l3 = {};
 	struct tcphdr th = {};
 	struct followed_key k;
+	struct imds_event_buf *buf = NULL;
 	struct imds_event *e;
 	__u8 head[20], idx = 0;
-	__u32 payload_off;
+	__u32 payload_off, n;
 
 	if (ipv6 ? parse_ipv6(&src, &l3) : parse_ipv4(&src, &l3))
 		return 0;
@@ -514,7 +607,8 @@ static __attribute__((noinline)) int observe_proxied(struct __sk_buff *skb, __u3
 	}
 
 	count(hook, IMDS_CNT_SEEN);
-	e = reserve(hook);
+	n = payload_copy_len(skb, l3_off, &l3, &th);
+	e = start_record(hook, n, &buf);
 	if (!e)
 		return 0;
 	e->ifindex = skb->ifindex;
@@ -527,8 +621,7 @@ static __attribute__((noinline)) int observe_proxied(struct __sk_buff *skb, __u3
 		e->flags |= IMDS_F_SK_PRESENT;
 	copy_l3(e, &l3);
 	fill_tcp(e, &th);
-	copy_payload(e, skb, l3_off, &l3, &th);
-	submit(e, hook);
+	finish_record(e, buf, skb, l3_off, &l3, &th, n, hook);
 	return 0;
 }
 
@@ -682,6 +775,40 @@ static __always_inline __u32 kernel_skb_netns(struct sk_buff *skb, struct sock *
 }
 
 /*
+ * The kfree_skb program runs for every drop of the machine.  A non-target
+ * drop is rejected here with one read of kernel memory: skb->head and
+ * skb->network_header are plain loads through the tracepoint's BTF pointer
+ * (no helper call), then one copy of the fixed IP header and an address
+ * compare.  Only what may be target traffic pays the full parse below.
+ */
+static __always_inline bool kernel_skb_maybe_target(struct sk_buff *skb)
+{
+	unsigned char *head = skb->head;
+	__u16 nh = skb->network_header;
+	union {
+		struct iphdr v4;
+		struct ipv6hdr v6;
+	} ip;
+
+	if (!head || nh == (__u16)~0U)
+		return false;
+	if (bpf_probe_read_kernel(&ip.v4, sizeof(ip.v4), head + nh))
+		return false;
+	/* Once a connection is followed (DNAT), any TCP drop may be one of it. */
+	if (ip.v4.version == 4)
+		return ip.v4.protocol == IPPROTO_TCP &&
+		       (following || match_v4_addr(ip.v4.saddr) != IMDS_NO_TARGET ||
+			match_v4_addr(ip.v4.daddr) != IMDS_NO_TARGET);
+	if (ip.v4.version != 6 || n_targets_v6 == 0)
+		return false;
+	if (bpf_probe_read_kernel(&ip.v6, sizeof(ip.v6), head + nh))
+		return false;
+	return (following && ip.v6.nexthdr == IPPROTO_TCP) ||
+	       match_v6_addr((const __u32 *)&ip.v6.saddr) != IMDS_NO_TARGET ||
+	       match_v6_addr((const __u32 *)&ip.v6.daddr) != IMDS_NO_TARGET;
+}
+
+/*
  * Match a kernel skb against the targets in either direction, else (once
  * a connection is followed) against the followed client endpoints: a
  * packet whose destination DNAT rewrote, or the reply of the answering
@@ -788,6 +915,8 @@ int BPF_PROG(observe_drop, struct sk_buff *skb, void *location)
 		    reason == bpf_core_enum_value(enum skb_drop_reason, SKB_CONSUMED))
 			return 0;
 	}
+	if (!kernel_skb_maybe_target(skb))
+		return 0;
 	if (classify_kernel_skb(skb, &l3, &th, &idx, &dir, &followed_idx, &via_proxy))
 		return 0;
 

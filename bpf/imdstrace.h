@@ -76,7 +76,11 @@ enum imds_family {
 #define IMDS_F_VIA_PROXY 0x40
 
 /*
- * One observation of one packet at one hook.  Addresses and ports are in
+ * One observation of one packet at one hook: a ring record is this fixed
+ * header followed by `copied` payload bytes (a variable-length tail, none for
+ * a packet without payload: a SYN, an ACK, a drop, a connect).  Records are
+ * sized to what they carry so the ring holds ~5x more events than fixed
+ * 640-byte slots.  Addresses and ports are in
  * network byte order exactly as on the wire; IPv4 addresses occupy the
  * first four bytes of the 16-byte fields.  The tuple is always written
  * client -> server orientation independent: saddr/sport are the packet's
@@ -124,6 +128,16 @@ struct imds_event {
 	__u8 sock_addr[16];
 	__u16 sock_port;
 	__u8 pad2[6];
+	/* followed by `copied` bytes of TCP payload (struct imds_event_buf) */
+};
+
+/*
+ * The largest record: header and a full payload tail.  Used as the BPF
+ * programs' per-CPU staging buffer; a record on the ring is only
+ * sizeof(struct imds_event) + copied bytes long.
+ */
+struct imds_event_buf {
+	struct imds_event hdr;
 	__u8 payload[IMDS_PAYLOAD_MAX];
 };
 

@@ -95,10 +95,10 @@ static __always_inline void fill_tcp(struct imds_event *e, const struct tcphdr *
 	e->tcp_flags = tcp_flag_byte(th);
 }
 
-/* Zero the fixed part of a freshly reserved event (ring memory is not). */
+/* Zero the header of a freshly reserved or staged event (neither is zeroed). */
 static __always_inline void event_init(struct imds_event *e, __u8 hook)
 {
-	__builtin_memset(e, 0, __builtin_offsetof(struct imds_event, payload));
+	__builtin_memset(e, 0, sizeof(*e));
 	e->ts_ns = bpf_ktime_get_ns();
 	e->hook = hook;
 }

@@ -22,6 +22,7 @@ pkgs=(
   libgtest-dev
   libyaml-cpp-dev                 # --pods k8s-api: kubeconfig files
   libcpp-httplib-dev libcurl4-openssl-dev tcpdump   # metrics server, k8s API client, pcap checks
+  bpftrace                        # bench/: the per-drop cost of a bpftrace one-liner beside ours
   iproute2 iptables nftables util-linux jq curl   # testbed: ip, tc, nsenter; assertions, metrics scrapes
   mount                           # e2e as the DaemonSet runs: mount --bind (unshare: util-linux)
   python3-yaml                    # tests/deploy: parse the Kubernetes manifests

@@ -240,7 +240,9 @@ void check_event(const Bytes& record, Prog p, const Expect& x, std::uint64_t bef
     EXPECT_EQ(e.target_index, x.target_index);
     EXPECT_EQ(e.payload_len, x.payload_len);
     ASSERT_EQ(e.copied, x.copied.size());
-    EXPECT_EQ(Bytes(e.payload, e.payload + e.copied), x.copied);
+    // Sized to what it carries: the header, then exactly the copied payload.
+    ASSERT_EQ(record.size(), sizeof(imds_event) + e.copied);
+    EXPECT_EQ(Bytes(record.begin() + sizeof(imds_event), record.end()), x.copied);
     EXPECT_EQ(e.flags & ~IMDS_F_SK_PRESENT, x.flags);
     EXPECT_EQ((e.flags & IMDS_F_SK_PRESENT) != 0, e.sk_cookie != 0);
     // Fields only drop/tracepoint events carry.
@@ -663,7 +665,8 @@ TEST(BpfConfig, WholeObjectLoads) {
 TEST_F(BpfProgTest, RingBufferFullCountsLost) {
     auto frame = Packet::v4(kPod4, kImds4).tcp(43122, 80).seq(1).payload(kPut).frame();
     const std::uint32_t cap = bpf_map__max_entries(bpf->skel()->maps.events);
-    const std::uint32_t per_event = ((sizeof(imds_event) + 8 + 7) / 8) * 8;
+    // A record is its 8-byte ring header, the event header and the payload tail, rounded to 8.
+    const std::uint32_t per_event = ((8 + sizeof(imds_event) + std::string_view(kPut).size() + 7) / 8) * 8;
     const int repeat = static_cast<int>(cap / per_event + 100);
     const auto lost0 = bpf->counter(IMDS_HOOK_UPLINK_EGRESS, IMDS_CNT_LOST);
     LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = frame.data(), .data_size_in = static_cast<__u32>(frame.size()),

@@ -67,6 +67,13 @@ for d in -1 0 nan NaN inf -inf 1e308 31536001 abc 1s ""; do
 done
 row 2 "$DUR" --duration inf
 
+RING="expected a power of two of bytes between one page"
+echo "== --ring-size"
+for r in 0 1000 4095 6000 3M 2G 4294967296 99999999999999999999 -4096 abc 4X ""; do
+    row 2 "--ring-size .*$RING" watch --ring-size "$r"
+done
+row 2 "$RING" diagnose --ring-size 12K
+
 echo "== --metrics, --target, --pods, options"
 row 2 "--metrics 127.0.0.1: expected ADDR:PORT" watch --metrics 127.0.0.1
 row 2 "--metrics \[::1\]: expected ADDR:PORT" watch --metrics '[::1]'

@@ -392,6 +392,24 @@ TEST_F(CorrelatorTest, PortReuseAfterFinish) {
     EXPECT_FALSE(out[1].server_reset);
 }
 
+// The same port again while the closed connection still lingers (the server
+// closed first, so the client holds no TIME_WAIT): a new connection, not a
+// second exchange of the old one.
+TEST_F(CorrelatorTest, PortReuseWhileTheClosedConnectionLingers) {
+    using H = Hook;
+    using D = Direction;
+    const auto pod = flow("198.18.1.9:42001");
+    feed({Ob(0, H::cgroup_egress, D::to_target, pod).flags(tcp::syn).seq(1).cgroup(1),
+          Ob(1, H::cgroup_egress, D::to_target, pod).seq(2).cgroup(1).request(http_req("PUT", "/latest/api/token")),
+          Ob(2, H::cgroup_ingress, D::from_target, pod).seq(500).cgroup(1).response(200),
+          Ob(3, H::cgroup_egress, D::to_target, pod).flags(tcp::fin | tcp::ack).seq(90).cgroup(1),
+          Ob(100, H::cgroup_egress, D::to_target, pod).flags(tcp::syn).seq(7000).cgroup(1)});
+    EXPECT_EQ(corr->open_connections(), 2u);
+    corr->flush();
+    ASSERT_EQ(out.size(), 2u);
+    EXPECT_NE(out[1].id, out[0].id);
+}
+
 // (g) Memory bound: the oldest connection is finished and forgotten.
 TEST_F(CorrelatorTest, MaxConnectionsBound) {
     CorrelatorOptions opts;
@@ -553,13 +571,15 @@ TEST_F(CorrelatorTest, LossMarksOpenConnectionsIncomplete) {
     const auto before = flow("198.18.1.5:40000");
     const auto after = flow("198.18.1.5:40001");
     feed({Ob(1000, H::cgroup_egress, D::to_target, before).ttl(64).flags(tcp::syn).seq(1).cgroup(42)});
-    corr->note_loss();
+    corr->note_loss(37, 1000 * kMs + kMs / 2);
     feed({Ob(1001, H::cgroup_egress, D::to_target, after).ttl(64).flags(tcp::syn).seq(1).cgroup(42),
           Ob(1002, H::cgroup_egress, D::to_target, after).ttl(64).flags(tcp::fin | tcp::ack).seq(2).cgroup(42)});
     corr->flush();
     ASSERT_EQ(out.size(), 2u);
     EXPECT_TRUE(out[0].incomplete);
+    EXPECT_EQ(out[0].events_lost, 37u) << "the count lost while it was open";
     EXPECT_FALSE(out[1].incomplete);
+    EXPECT_EQ(out[1].events_lost, 0u);
     // Nothing came back on the incomplete one: that absence is no verdict.
     auto r = classify(out[0], "169.254.169.254:80");
     EXPECT_EQ(r.verdict, Verdict::no_response);
@@ -587,6 +607,58 @@ TEST_F(CorrelatorTest, DropsAfterTheTransactionWasReportedAreCountedNotLost) {
     feed({Ob(9000, H::drop, D::from_target, pod).ttl(1).seq(5001).reason(kReasonIpInhdr).location(kIpForward)});
     EXPECT_EQ(corr->late_drops(), 1u);
     EXPECT_EQ(out[0].drop_count(), 1u);
+}
+
+// A connection first seen without its SYN just after a loss may have lost
+// its opening: incomplete, not "opened before tracing".
+TEST_F(CorrelatorTest, ConnectionWhoseOpeningMayBeLostIsIncompleteNotOld) {
+    using H = Hook;
+    using D = Direction;
+    const auto pod = flow("198.18.1.5:40002");
+    corr->note_loss(12, 1000 * kMs);
+    feed({Ob(1001, H::cgroup_egress, D::to_target, pod).ttl(64).seq(2).cgroup(42).request(http_req("GET", "/latest/meta-data/mac")),
+          Ob(1002, H::cgroup_egress, D::to_target, pod).ttl(64).flags(tcp::fin | tcp::ack).seq(100).cgroup(42)});
+    corr->flush();
+    ASSERT_EQ(out.size(), 1u);
+    EXPECT_TRUE(out[0].incomplete);
+    EXPECT_EQ(out[0].events_lost, 12u);
+    EXPECT_FALSE(out[0].opened_before_window);
+    // Long after the loss, a connection without SYN is a leftover again.
+    out.clear();
+    const auto old = flow("198.18.1.5:40003");
+    feed({Ob(60000, H::cgroup_egress, D::to_target, old).ttl(64).seq(2).cgroup(42),
+          Ob(60001, H::cgroup_egress, D::to_target, old).ttl(64).flags(tcp::fin | tcp::ack).seq(3).cgroup(42)});
+    corr->flush();
+    ASSERT_EQ(out.size(), 1u);
+    EXPECT_FALSE(out[0].incomplete);
+    EXPECT_TRUE(out[0].opened_before_window);
+}
+
+// Memory follows live connections: finished ones are forgotten after the
+// tombstone time, and expiry visits only what is due.
+TEST_F(CorrelatorTest, ExpiryForgetsTombstonesAndKeepsActiveConnections) {
+    using H = Hook;
+    using D = Direction;
+    for (int i = 0; i < 1000; ++i) {
+        auto key = flow(("198.18.1.5:" + std::to_string(20000 + i)).c_str());
+        feed({Ob(1000 + i, H::cgroup_egress, D::to_target, key).ttl(64).flags(tcp::syn).seq(1).cgroup(42),
+              Ob(1000.5 + i, H::cgroup_egress, D::to_target, key).ttl(64).flags(tcp::fin | tcp::ack).seq(2).cgroup(42)});
+    }
+    const auto busy = flow("198.18.1.6:30000");
+    feed({Ob(1000, H::cgroup_egress, D::to_target, busy).ttl(64).flags(tcp::syn).seq(1).cgroup(43)});
+    EXPECT_EQ(corr->remembered_connections(), 1001u);
+    // The busy one keeps sending: never idle, while everything else closes and is forgotten.
+    for (double t = 1000; t < 50000; t += 1000) {
+        feed({Ob(t, H::cgroup_egress, D::to_target, busy).ttl(64).seq(2).cgroup(43)});
+        corr->expire(static_cast<std::uint64_t>(t * kMs));
+    }
+    EXPECT_EQ(out.size(), 1000u) << "each closed connection reported once, after its linger";
+    EXPECT_EQ(corr->open_connections(), 1u);
+    EXPECT_EQ(corr->remembered_connections(), 1u) << "tombstones forgotten after " << defaults.tombstone_ns / kMs << " ms";
+    corr->expire(200000 * kMs);
+    EXPECT_EQ(out.size(), 1001u);
+    corr->expire(300000 * kMs);
+    EXPECT_EQ(corr->remembered_connections(), 0u);
 }
 
 TEST_F(CorrelatorTest, StillInFlightAtTheEndOfTheWindowIsIncomplete) {

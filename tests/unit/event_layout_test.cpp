@@ -45,8 +45,11 @@ PIN(imds_event, comm, 112, 16);
 PIN(imds_event, sock_addr, 128, 16);
 PIN(imds_event, sock_port, 144, 2);
 PIN(imds_event, pad2, 146, 6);
-PIN(imds_event, payload, 152, IMDS_PAYLOAD_MAX);
-static_assert(sizeof(imds_event) == 664);
+// The payload is a variable-length tail after the 152-byte header.
+static_assert(sizeof(imds_event) == 152);
+PIN(imds_event_buf, hdr, 0, 152);
+PIN(imds_event_buf, payload, 152, IMDS_PAYLOAD_MAX);
+static_assert(sizeof(imds_event_buf) == 664);
 static_assert(alignof(imds_event) == 8);
 // Big enough for aws-sdk-go-v2's ~300-byte GET head (token header at 238-262).
 static_assert(IMDS_PAYLOAD_MAX == 512);
@@ -55,9 +58,9 @@ static_assert((IMDS_PAYLOAD_MAX & (IMDS_PAYLOAD_MAX - 1)) == 0, "the BPF copy ma
 #define FSIZE(type, field) sizeof(((type*)nullptr)->field)
 
 TEST(EventLayout, SizesAndOffsets) {
-    EXPECT_EQ(sizeof(imds_event), 664u);
-    EXPECT_EQ(offsetof(imds_event, payload), 152u);
-    EXPECT_EQ(offsetof(imds_event, payload) + IMDS_PAYLOAD_MAX, sizeof(imds_event));
+    EXPECT_EQ(sizeof(imds_event), 152u);  // a record without payload (SYN, ACK, drop, connect)
+    EXPECT_EQ(offsetof(imds_event_buf, payload), sizeof(imds_event));
+    EXPECT_EQ(offsetof(imds_event_buf, payload) + IMDS_PAYLOAD_MAX, sizeof(imds_event_buf));
 }
 
 // Every byte belongs to a named field: no implicit padding the two
@@ -74,7 +77,7 @@ TEST(EventLayout, NoImplicitPadding) {
         FSIZE(imds_event, icmp_type) + FSIZE(imds_event, icmp_code) + FSIZE(imds_event, flags) +
         FSIZE(imds_event, target_index) + FSIZE(imds_event, pad) + FSIZE(imds_event, pid) +
         FSIZE(imds_event, comm) + FSIZE(imds_event, sock_addr) + FSIZE(imds_event, sock_port) +
-        FSIZE(imds_event, pad2) + FSIZE(imds_event, payload);
+        FSIZE(imds_event, pad2);
     static_assert(event_fields == sizeof(imds_event), "imds_event has implicit padding");
     EXPECT_EQ(event_fields, sizeof(imds_event));
 }

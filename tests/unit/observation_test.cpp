@@ -17,6 +17,7 @@ constexpr std::string_view kToken = "AQAEAFakeT0kenValue_zz9XyWq1bM3r7QeKd2ZkLhJ
 
 struct EventBuilder {
     imds_event e{};
+    std::string tail;  // the payload tail that follows the header on the ring
 
     EventBuilder(imds_hook hook, imds_direction dir) {
         e.hook = hook;
@@ -28,14 +29,16 @@ struct EventBuilder {
     EventBuilder& dst(const char* addr, std::uint16_t port) { return set(e.daddr, &e.dport, addr, port); }
     EventBuilder& payload(std::string_view p, std::uint32_t len = 0) {
         std::size_t n = std::min<std::size_t>(p.size(), IMDS_PAYLOAD_MAX);
-        std::memcpy(e.payload, p.data(), n);
+        tail.assign(p.substr(0, n));
         e.copied = static_cast<std::uint16_t>(n);
         e.payload_len = len ? len : static_cast<std::uint32_t>(p.size());
         return *this;
     }
     std::vector<std::uint8_t> bytes() const {
-        std::vector<std::uint8_t> b(sizeof(e));
+        // Header, then exactly the copied bytes: the record as the ring holds it.
+        std::vector<std::uint8_t> b(sizeof(e) + tail.size());
         std::memcpy(b.data(), &e, sizeof(e));
+        std::memcpy(b.data() + sizeof(e), tail.data(), tail.size());
         return b;
     }
 
@@ -221,15 +224,30 @@ TEST(DecodeEvent, TokenValueNeverInTheObservation) {
     EXPECT_EQ(o->request->method.find(kToken.substr(0, 8)), std::string::npos);
 }
 
-TEST(DecodeEvent, CopiedIsClampedToThePayloadArray) {
+TEST(DecodeEvent, CopiedBeyondTheRecordIsMalformed) {
     EventBuilder b(IMDS_HOOK_CGROUP_EGRESS, IMDS_DIR_TO_TARGET);
     b.src("198.18.1.5", 43122).dst("169.254.169.254", 80);
     b.payload("GET /x HTTP/1.1\r\n\r\n");
-    b.e.copied = 60000;  // corrupt: larger than the payload array
-    auto o = decode_event(b.bytes());
+    auto good = decode_event(b.bytes());
+    ASSERT_TRUE(good && good->request);
+    EXPECT_EQ(good->request->path, "/x");
+    b.e.copied = 60000;  // corrupt: larger than the payload array and the record
+    EXPECT_FALSE(decode_event(b.bytes()));
+    b.e.copied = static_cast<std::uint16_t>(b.tail.size() + 1);  // one byte past the record's end
+    EXPECT_FALSE(decode_event(b.bytes()));
+}
+
+// Records are sized to what they carry: a packet without payload is the header alone.
+TEST(DecodeEvent, HeaderOnlyRecord) {
+    EventBuilder b(IMDS_HOOK_UPLINK_EGRESS, IMDS_DIR_TO_TARGET);
+    b.src("198.18.0.2", 43122).dst("169.254.169.254", 80);
+    b.e.tcp_flags = 0x02;
+    auto rec = b.bytes();
+    EXPECT_EQ(rec.size(), sizeof(imds_event));
+    auto o = decode_event(rec);
     ASSERT_TRUE(o);
-    ASSERT_TRUE(o->request);
-    EXPECT_EQ(o->request->path, "/x");
+    EXPECT_TRUE(o->is_syn());
+    EXPECT_FALSE(o->request);
 }
 
 TEST(DecodeEvent, PayloadNotCopiedMeansNoHead) {
@@ -249,7 +267,7 @@ TEST(DecodeEvent, RejectsShortRecords) {
     auto full = b.bytes();
     EXPECT_TRUE(decode_event(full));
     EXPECT_FALSE(decode_event(std::span(full.data(), full.size() - 1)));
-    EXPECT_FALSE(decode_event(std::span(full.data(), offsetof(imds_event, payload))));
+    EXPECT_FALSE(decode_event(std::span(full.data(), offsetof(imds_event, comm))));
     EXPECT_FALSE(decode_event(std::span<const std::uint8_t>{}));
     // Longer records (ring buffer rounding, a newer producer) are fine.
     full.resize(full.size() + 8, 0);

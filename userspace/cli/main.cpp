@@ -64,6 +64,7 @@ struct CommonArgs {
     std::string ready_file;
     std::string kubeconfig;
     std::optional<std::string> duration;  // checked by duration_s()
+    std::optional<std::string> ring_size;  // checked by ring_size_bytes()
     std::string log_level = "info";
     bool no_tcx = false;
 };
@@ -95,6 +96,9 @@ void add_common(CLI::App* app, CommonArgs& a, bool tracing) {
         ->check(CLI::Range(0.0, 31.0 * 24 * 3600));
     app->add_option("--node-name", a.node_name,
                     "The metrics' node label (default: $NODE_NAME, as the DaemonSet sets it, else the host name)");
+    app->add_option("--ring-size", a.ring_size,
+                    "Event ring buffer size in bytes (K/M suffixes: KiB/MiB): a power of two, at least one page "
+                    "(default 4M)");
     app->add_option("--ready-file", a.ready_file, "Write FILE once the probes are attached")->group("");
     app->add_flag("--no-tcx", a.no_tcx, "Attach with netlink tc even where tcx links exist")->group("");
 }
@@ -120,6 +124,34 @@ std::optional<double> duration_s(const std::optional<std::string>& given) {
         throw UsageError("--duration " + text + ": --duration must be a positive, finite number of seconds (at most " +
                          std::to_string(static_cast<long>(kMaxDurationS)) + ", a year)");
     return v;
+}
+
+// --ring-size: what libbpf and the kernel accept for a BPF ring buffer, a
+// power of two of pages, checked here with a message instead of a refused
+// map create (or libbpf silently rounding it up).  0 when not given.
+std::uint32_t ring_size_bytes(const std::optional<std::string>& given) {
+    if (!given) return 0;
+    const std::string& text = *given;
+    const auto page = static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
+    constexpr std::uint64_t kMax = 1ULL << 30;
+    auto bad = [&] {
+        return UsageError("--ring-size " + text + ": expected a power of two of bytes between one page (" +
+                          std::to_string(page) + ") and 1G, e.g. 4M, 16M or 262144");
+    };
+    std::uint64_t v = 0;
+    std::size_t i = 0;
+    for (; i < text.size() && text[i] >= '0' && text[i] <= '9'; ++i) {
+        v = v * 10 + static_cast<std::uint64_t>(text[i] - '0');
+        if (v > kMax) throw bad();
+    }
+    if (i == 0) throw bad();
+    std::string unit = text.substr(i);
+    if (unit == "K" || unit == "k" || unit == "KiB") v <<= 10;
+    else if (unit == "M" || unit == "m" || unit == "MiB") v <<= 20;
+    else if (unit == "G" || unit == "g" || unit == "GiB") v <<= 30;
+    else if (!unit.empty()) throw bad();
+    if (v < page || v > kMax || (v & (v - 1)) != 0) throw bad();
+    return static_cast<std::uint32_t>(v);
 }
 
 // --metrics ADDR:PORT: the port is required (0 picks a free one, and the
@@ -165,6 +197,7 @@ SessionOptions session_options(const CommonArgs& a, std::optional<double> durati
     o.k8s_events_interval_s = a.k8s_events_interval;
     o.duration_s = duration;
     o.prefer_tcx = !a.no_tcx;
+    o.ring_size = ring_size_bytes(a.ring_size);
     return o;
 }
 

@@ -56,7 +56,9 @@ struct FlowKey {
 };
 
 struct FlowKeyHash {
-    std::size_t operator()(const FlowKey& k) const noexcept;
+    // Not noexcept on purpose: libstdc++ then caches each node's hash, so a
+    // lookup compares cached hashes instead of rehashing every node it walks.
+    std::size_t operator()(const FlowKey& k) const;
 };
 
 }  // namespace imdstrace

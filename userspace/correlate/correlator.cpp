@@ -64,6 +64,15 @@ struct Correlator::Connection {
     std::optional<LocalAnswer> answered_on_node;
     std::optional<Endpoint> redirected_to;
     std::optional<Endpoint> via_proxy;
+    std::uint64_t lost_at_open = 0; // the kernel's lost-event count when it was created
+    // Created, without its SYN, just after events were lost: its opening may
+    // be what was lost, so it is incomplete rather than "opened before tracing".
+    bool opened_in_loss = false;
+    std::uint64_t armed_due = 0;    // the live ExpiryQueue entry's due time
+    // Finished with every answer delivered and closed by the client: nothing
+    // late is expected, so its tombstone is short (memory follows live
+    // connections, not the last 30 s of healthy ones).
+    bool clean = false;
 };
 
 std::vector<Endpoint> bpf_target_table(const std::vector<Endpoint>& targets) {
@@ -100,6 +109,11 @@ Correlator::Connection* Correlator::create(const Observation& o, bool socket_sid
     auto c = std::make_unique<Connection>();
     c->id = next_id_++;
     c->first_ns = c->last_ns = o.ts_ns;
+    c->lost_at_open = lost_total_;
+    if (last_loss_ns_ && !o.is_syn() && o.ts_ns <= last_loss_ns_ + opts_.idle_ns) c->opened_in_loss = true;
+    // The earliest it can be due; expire() re-arms when activity moved it.
+    c->armed_due = o.ts_ns + std::min(opts_.idle_ns, opts_.stale_idle_ns);
+    expiry_.arm(c->armed_due, c->id);
     if (socket_side) {
         c->socket_key = o.flow;
         by_socket_[o.flow] = c->id;
@@ -124,8 +138,9 @@ Correlator::Connection* Correlator::find_or_create(const Observation& o) {
         auto c = conns_.find(it->second);
         return c == conns_.end() ? nullptr : c->second.get();
     };
-    // A new SYN on a tuple whose connection finished is a new connection (port reuse).
-    auto reusable = [&o](Connection* c) { return c && !(c->finished && o.is_syn()); };
+    // A new SYN on a tuple whose connection finished, or closed and lingers, is a new
+    // connection (port reuse: a client whose server closed first holds no TIME_WAIT).
+    auto reusable = [&o](Connection* c) { return c && !((c->finished || c->closed_ns) && o.is_syn()); };
 
     const bool either_side = o.hook == Hook::drop || o.hook == Hook::icmp_send || o.direction == Direction::icmp_about;
     if (either_side) {
@@ -250,13 +265,35 @@ void Correlator::on_connect_failed(const Observation& o) {
     sink_(std::move(t));
 }
 
-void Correlator::note_loss() {
-    for (auto& [id, c] : conns_)
-        if (!c->finished) c->incomplete = true;
+void Correlator::note_loss(std::uint64_t lost_total, std::uint64_t now_ns) {
+    if (lost_total <= lost_total_) return;
+    last_loss_delta_ = lost_total - lost_total_;
+    lost_total_ = lost_total;
+    last_loss_ns_ = now_ns;
+}
+
+void Correlator::arm(Connection& c, std::uint64_t due_ns) {
+    c.armed_due = due_ns;
+    expiry_.arm(due_ns, c.id);
+}
+
+// When a connection is due: finished ones are forgotten after the
+// tombstone time, open ones finish when closed (plus linger) or idle.
+std::uint64_t Correlator::deadline(const Connection& c) const {
+    if (c.finished) return c.last_ns + (c.clean ? opts_.linger_ns : opts_.tombstone_ns);
+    std::uint64_t idle = c.last_ns + (c.opened_in_window ? opts_.idle_ns : opts_.stale_idle_ns);
+    if (c.closed_ns) return std::min(idle, c.closed_ns + opts_.linger_ns);
+    return idle;
 }
 
 void Correlator::apply(Connection& c, const Observation& o) {
     c.last_ns = std::max(c.last_ns, o.ts_ns);
+    if (c.finished) {
+        // Reported and kept only to recognise late packets: a path drop
+        // now is in no record, and counted.
+        if (o.hook == Hook::drop && !drop_record(o).endpoint_bookkeeping()) ++late_drops_;
+        return;
+    }
     if (o.hook == Hook::drop) on_drop(c, o);
     else if (o.hook == Hook::icmp_send || o.direction == Direction::icmp_about) on_icmp(c, o);
     else if (o.direction == Direction::to_target) on_to_target(c, o);
@@ -317,7 +354,10 @@ void Correlator::on_to_target(Connection& c, const Observation& o) {
     }
     if (o.is_fin() || o.is_rst()) {
         c.client_closed = true;
-        if (!c.closed_ns) c.closed_ns = o.ts_ns;
+        if (!c.closed_ns) {
+            c.closed_ns = o.ts_ns;
+            arm(c, deadline(c));  // linger is shorter than idle
+        }
     }
 }
 
@@ -332,7 +372,10 @@ void Correlator::on_from_target(Connection& c, const Observation& o) {
     }
     if (o.is_rst()) {
         c.server_reset = true;
-        if (!c.closed_ns) c.closed_ns = o.ts_ns;
+        if (!c.closed_ns) {
+            c.closed_ns = o.ts_ns;
+            arm(c, deadline(c));
+        }
     }
     if (!o.response) {
         current(c).end_ns = std::max(current(c).end_ns, o.ts_ns);
@@ -429,8 +472,11 @@ Transaction Correlator::to_transaction(const Connection& c, const Exchange& x) c
     // The same ICMP errors are seen twice where both hooks exist.
     t.icmp_time_exceeded = std::max(x.icmp_at_uplink, x.icmp_sent);
     t.retransmits = x.retransmits;
-    t.opened_before_window = !c.opened_in_window;
-    t.incomplete = c.incomplete;
+    t.events_lost = lost_total_ - c.lost_at_open;
+    if (c.opened_in_loss && !t.events_lost) t.events_lost = last_loss_delta_;
+    t.incomplete = c.incomplete || t.events_lost > 0;
+    // Its SYN may be among the lost events: not "opened before tracing".
+    t.opened_before_window = !c.opened_in_window && !c.opened_in_loss;
     t.answered_on_node = c.answered_on_node;
     t.redirected_to = c.redirected_to;
     t.via_proxy = c.via_proxy;
@@ -440,12 +486,22 @@ Transaction Correlator::to_transaction(const Connection& c, const Exchange& x) c
 
 void Correlator::finish(Connection& c) {
     if (c.finished) return;
-    c.finished = true;
     if (c.exchanges.empty()) current(c);
     for (auto& x : c.exchanges) {
         if (x.emitted) continue;
         x.emitted = true;
         sink_(to_transaction(c, x));
+    }
+    c.finished = true;
+    c.clean = c.client_closed && !c.server_reset &&
+              std::all_of(c.exchanges.begin(), c.exchanges.end(), [](const Exchange& x) { return x.delivered; });
+    // A tombstone keeps only what recognises late packets (its keys):
+    // memory follows live connections, not the last 30 s of history.
+    std::vector<Exchange>().swap(c.exchanges);
+    c.process.reset();
+    if (c.isn) {
+        const Endpoint& server = c.socket_key ? c.socket_key->server : c.uplink_key->server;
+        if (auto f = by_isn_.find({server, *c.isn}); f != by_isn_.end() && f->second == c.id) by_isn_.erase(f);
     }
 }
 
@@ -467,18 +523,22 @@ void Correlator::forget(std::uint64_t id) {
 }
 
 void Correlator::expire(std::uint64_t now_ns) {
-    std::vector<std::uint64_t> gone;
-    for (auto& [id, c] : conns_) {
-        auto since = [now_ns](std::uint64_t t) { return now_ns > t ? now_ns - t : 0; };
-        if (!c->finished) {
-            bool closed = c->closed_ns && since(c->closed_ns) >= opts_.linger_ns;
-            bool idle = since(c->last_ns) >= (c->opened_in_window ? opts_.idle_ns : opts_.stale_idle_ns);
-            if (closed || idle) finish(*c);
-        } else if (since(c->last_ns) >= opts_.tombstone_ns) {
-            gone.push_back(id);
+    expiry_.pop_due(now_ns, [&](std::uint64_t id, std::uint64_t due) {
+        auto it = conns_.find(id);
+        if (it == conns_.end()) return;  // forgotten early (the connection cap)
+        Connection& c = *it->second;
+        if (due != c.armed_due) return;  // superseded by a later arm()
+        if (std::uint64_t d = deadline(c); d > now_ns) {
+            arm(c, d);  // activity moved it: check again then
+            return;
         }
-    }
-    for (auto id : gone) forget(id);
+        if (!c.finished) {
+            finish(c);
+            arm(c, deadline(c));  // now a tombstone
+        } else {
+            forget(id);
+        }
+    });
 }
 
 void Correlator::flush() {

@@ -15,6 +15,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "correlate/expiry.hpp"
 #include "correlate/transaction.hpp"
 #include "decode/observation.hpp"
 
@@ -59,11 +60,15 @@ public:
     // have come yet.
     void flush();
 
-    // Events were lost (ring buffer full): every connection open now is
-    // marked incomplete.
-    void note_loss();
+    // Events were lost (ring buffer full): `lost_total` is the kernel's
+    // running count, read at monotonic `now_ns`.  Every connection open while
+    // the count grew is marked incomplete with the number lost meanwhile
+    // (from the counts at its open and at its end: no scan of connections).
+    void note_loss(std::uint64_t lost_total, std::uint64_t now_ns);
 
     std::size_t open_connections() const;
+    // Connections held, open or finished (kept to recognise late packets).
+    std::size_t remembered_connections() const { return conns_.size(); }
     std::uint64_t unmatched_events() const { return unmatched_; }
     // Socket-bookkeeping frees (DropRecord::endpoint_bookkeeping) of no
     // connection it followed: set aside, never a transaction.
@@ -101,10 +106,22 @@ private:
     std::uint64_t unmatched_ = 0;
     std::uint64_t bookkeeping_frees_ = 0;
     std::uint64_t late_drops_ = 0;
+    std::uint64_t deadline(const Connection& c) const;
+    void arm(Connection& c, std::uint64_t due_ns);
+
     std::map<std::uint64_t, std::unique_ptr<Connection>> conns_;  // id order = age order
+    ExpiryQueue expiry_;           // one live entry per connection (Connection::armed_due)
+    std::uint64_t lost_total_ = 0; // kernel's lost-event count as of the last note_loss
+    std::uint64_t last_loss_ns_ = 0;
+    std::uint64_t last_loss_delta_ = 0;
     std::unordered_map<FlowKey, std::uint64_t, FlowKeyHash> by_socket_;
     std::unordered_map<FlowKey, std::uint64_t, FlowKeyHash> by_uplink_;
-    std::map<std::pair<Endpoint, std::uint32_t>, std::uint64_t> by_isn_;  // (server, client ISN)
+    struct IsnKeyHash {
+        std::size_t operator()(const std::pair<Endpoint, std::uint32_t>& k) const {  // not noexcept: cached
+            return FlowKeyHash{}(FlowKey{k.first, k.first}) ^ (k.second * 0x9e3779b97f4a7c15ULL);
+        }
+    };
+    std::unordered_map<std::pair<Endpoint, std::uint32_t>, std::uint64_t, IsnKeyHash> by_isn_;  // (server, client ISN)
     struct Connector {
         ProcessInfo process;
         std::uint64_t cgroup_id = 0;

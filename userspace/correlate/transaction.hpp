@@ -89,6 +89,9 @@ struct Transaction {
     // Events were lost (ring buffer full) while it was open: what is
     // missing may be exactly what would have changed its verdict.
     bool incomplete = false;
+    // Events the ring lost (all hooks, all connections) while it was open:
+    // an upper bound of what it may miss.  0 unless incomplete.
+    std::uint64_t events_lost = 0;
 
     std::vector<DropRecord> drops;
     std::uint32_t icmp_time_exceeded = 0;

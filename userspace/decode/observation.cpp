@@ -84,9 +84,12 @@ std::optional<Observation> decode_event(std::span<const std::uint8_t> record, bo
     if (o.hook == Hook::cgroup_egress && o.direction == Direction::from_target && e.sock_port != 0)
         o.answering_socket = Endpoint{IpAddr::from_raw(family, e.sock_addr), ntohs(e.sock_port)};
 
-    std::size_t copied = std::min<std::size_t>(e.copied, IMDS_PAYLOAD_MAX);
+    // The payload tail: exactly `copied` bytes after the header.  A record
+    // that claims more than it holds is not ours to guess at.
+    std::size_t copied = e.copied;
+    if (copied > IMDS_PAYLOAD_MAX || copied > record.size() - sizeof(imds_event)) return std::nullopt;
     if (copied > 0 && o.direction != Direction::icmp_about) {
-        std::span<const std::uint8_t> payload(e.payload, copied);
+        std::span<const std::uint8_t> payload(record.data() + sizeof(imds_event), copied);
         if (o.direction == Direction::to_target) o.request = parse_http_request(payload);
         else o.response = parse_http_response(payload);
         if (redacted_head && (o.request || o.response)) o.redacted_head = redact_http_head(payload);

@@ -392,6 +392,11 @@ std::unique_ptr<Tracer> Tracer::start(const TracerConfig& config, const KernelFe
     const_cast<__u32&>(ro->target_v6_base) = v4;
     const_cast<bool&>(ro->kfree_skb_has_reason) = kf.kfree_skb_reason;
     const_cast<bool&>(ro->kfree_skb_has_rx_sk) = kf.kfree_skb_rx_sk;
+    if (config.ring_size) {
+        if (int err = bpf_map__set_max_entries(impl.skel->maps.events, config.ring_size))
+            throw std::runtime_error("cannot size the event ring buffer to " + std::to_string(config.ring_size) +
+                                     " bytes: " + errstr(err));
+    }
     bpf_program__set_autoload(impl.skel->progs.observe_icmp_send, kf.icmp_send_tracepoint);
     bpf_program__set_autoload(impl.skel->progs.observe_connect, kf.connect_tracepoint);
     bpf_program__set_autoload(impl.skel->progs.observe_connect_enter, kf.syscall_tracepoints);
@@ -501,6 +506,9 @@ Tracer::~Tracer() = default;
 
 int Tracer::poll(int timeout_ms) {
     int n = ring_buffer__poll(impl_->ring.get(), timeout_ms);
+    // The programs wake us only for a batch (wakeup_flag()): what came in
+    // below that is read when the wait times out.
+    if (n == 0) n = ring_buffer__consume(impl_->ring.get());
     if (auto e = std::exchange(impl_->handler_error, nullptr)) std::rethrow_exception(e);
     if (n == -EINTR) return 0;
     return n;

@@ -42,6 +42,7 @@ struct TracerConfig {
     std::string cgroup_dir;   // cgroup v2 directory for the cgroup_skb programs; "" = none
     bool prefer_tcx = true;   // fall back to netlink tc when the kernel has no tcx
     bool attach = true;       // false: load only (the verifier's verdict, for `check`)
+    std::uint32_t ring_size = 0;  // event ring bytes, a power of two of pages; 0 = the object's default
 };
 
 struct TracerCounters {

@@ -152,7 +152,7 @@ struct Session::Impl {
         auto lost = tracer->events_lost();
         if (lost == events_lost) return;
         events_lost = lost;
-        correlator->note_loss();
+        correlator->note_loss(lost, monotonic_ns());
     }
 
     // 4. correlate hands over a finished transaction: judge and attribute it.
@@ -285,6 +285,7 @@ void Session::start() {
     tc.uplinks = impl.uplinks;
     tc.cgroup_dir = cgroup_dir;
     tc.prefer_tcx = opts_.prefer_tcx;
+    tc.ring_size = opts_.ring_size;
     impl.start_mono = monotonic_ns();
     impl.start_unix_ms = unix_ms_now();
     impl.tracer = Tracer::start(tc, impl.features, [this](std::span<const std::uint8_t> rec) { impl_->on_event(rec); });

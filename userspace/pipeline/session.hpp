@@ -39,6 +39,7 @@ struct SessionOptions {
     std::string node_name;            // the metrics' `node` label ("" = NODE_NAME, else the host name)
     double k8s_events_interval_s = 600;  // Events on failing pods (k8s-api/auto with a cluster); 0 = none
     std::optional<double> duration_s;
+    std::uint32_t ring_size = 0;  // event ring buffer bytes (power of two of pages); 0 = the BPF default
     bool prefer_tcx = true;
 
     const std::string& host_root() const { return pod_settings.host_root; }

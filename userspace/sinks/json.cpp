@@ -106,7 +106,10 @@ json to_json(const TransactionRecord& r) {
     j["hops"] = optional_int(r.hops);
     j["hops_inferred"] = r.hops_inferred;
     j["required_hop_limit"] = optional_int(r.required_hop_limit);
-    j["verdict"] = std::string(to_string(r.verdict));
+    // No verdict from missing evidence: null, and "set_aside" says why.
+    const auto aside = set_aside_reason(r);
+    j["verdict"] = r.incomplete && !aside.empty() ? json(nullptr) : json(std::string(to_string(r.verdict)));
+    if (!aside.empty()) j["set_aside"] = aside;
     j["evidence"] = r.evidence;
     json drops = json::array();
     for (const auto& d : r.drops)
@@ -126,6 +129,7 @@ json to_json(const TransactionRecord& r) {
     j["duration_ms"] = r.duration_ms;
     j["opened_before_tracing"] = r.opened_before_tracing;
     j["incomplete"] = r.incomplete;
+    j["events_lost"] = r.events_lost;
     j["target_on_node"] = r.target_on_node;
     // The path: where the request went and who answered.
     auto endpoint = [](const std::optional<Endpoint>& e) { return e ? json(e->str()) : json(nullptr); };
@@ -200,9 +204,14 @@ TransactionRecord record_from_json(const json& j) {
     r.hops = get_optional_int(j, "hops", 0, 255);
     r.hops_inferred = get_bool(j, "hops_inferred");
     r.required_hop_limit = get_optional_int(j, "required_hop_limit", 1, 256);
-    auto v = verdict_from_string(get_string(j, "verdict"));
-    if (!v) throw std::runtime_error("field \"verdict\" is not a verdict name");
-    r.verdict = *v;
+    r.incomplete = j.contains("incomplete") && j["incomplete"].is_boolean() && j["incomplete"].get<bool>();
+    if (r.incomplete && j.contains("verdict") && j["verdict"].is_null()) {
+        r.verdict = Verdict::no_response;  // no verdict: set aside, as when it was recorded
+    } else {
+        auto v = verdict_from_string(get_string(j, "verdict"));
+        if (!v) throw std::runtime_error("field \"verdict\" is not a verdict name");
+        r.verdict = *v;
+    }
     r.evidence = get_string(j, "evidence");
     const auto& drops = need("drops");
     if (!drops.is_array()) throw std::runtime_error("field \"drops\" must be an array");
@@ -226,6 +235,7 @@ TransactionRecord record_from_json(const json& j) {
     }
     r.icmp_time_exceeded = get_count(j, "icmp_time_exceeded", 0);
     r.retransmits = get_count(j, "retransmits", 0);
+    r.events_lost = get_count(j, "events_lost", 0);
     r.duration_ms = j.contains("duration_ms") ? int_in(j["duration_ms"], "duration_ms", 0, kMaxDurationMs) : 0;
     auto flag = [&j](const char* key) { return j.contains(key) && j[key].is_boolean() && j[key].get<bool>(); };
     r.opened_before_tracing = flag("opened_before_tracing");
@@ -300,7 +310,8 @@ json to_json(const Diagnosis& d) {
                 {"required_hop_limit", optional_int(p.required_hop_limit)},
                 {"transactions", p.transactions},
                 {"verdicts", verdicts},
-                {"verdict", std::string(to_string(p.verdict))}};
+                {"verdict", std::string(to_string(p.verdict))},
+                {"incomplete", p.incomplete}};
         if (!p.pod) pj["cgroup"] = p.cgroup.empty() ? json(nullptr) : json(p.cgroup);
         pods.push_back(pj);
     }
@@ -317,6 +328,7 @@ json to_json(const Diagnosis& d) {
     j["set_aside"] = {{"opened_before_tracing", {{"transactions", a.opened_before_tracing},
                                                  {"drops", a.opened_before_tracing_drops}}},
                       {"incomplete_transactions", a.incomplete},
+                      {"incomplete_pods", a.incomplete_pods},
                       {"events_lost", a.events_lost},
                       {"other_namespace_events", a.other_namespaces},
                       {"socket_bookkeeping_frees", a.socket_bookkeeping},

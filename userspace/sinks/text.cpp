@@ -55,9 +55,18 @@ std::string set_aside_text(const SetAside& a) {
         out += fmt::format("set aside: {} after their transaction was reported (retransmissions the node dropped "
                            "again); counted here only\n",
                            plural(a.late_drops, "drop arrived", "drops arrived"));
-    if (a.events_lost)
-        out += fmt::format("set aside: {} lost (ring buffer full): figures are lower bounds\n",
-                           plural(a.events_lost, "event", "events"));
+    if (a.events_lost) {
+        out += fmt::format("INCOMPLETE: {} lost (ring buffer full): figures are lower bounds",
+                           plural(a.events_lost, "event was", "events were"));
+        std::string pods;
+        for (const auto& [who, n] : a.incomplete_pods)
+            pods += fmt::format("{}{} ({})", pods.empty() ? "" : ", ", terminal_safe(who), n);
+        if (!pods.empty())
+            out += fmt::format("; transactions open meanwhile, by pod: {}; none is judged from what is missing "
+                               "(no NO_RESPONSE for want of evidence); a larger --ring-size keeps them",
+                               pods);
+        out += "\n";
+    }
     if (a.other_namespaces)
         out += fmt::format("set aside: {} from network namespaces that are not this node's\n",
                            plural(a.other_namespaces, "kernel event", "kernel events"));
@@ -116,7 +125,11 @@ std::string format_transaction(const TransactionRecord& r, TextStyle style) {
     return fmt::format("{:<12}  {}  {:<32}  {:<42}  {:>6}  {:>7}  {:>4}  {:>5}  {}{} ({} -> {}{}, {} ms)",
                        clock_time(r.wall_ms), verdict, who, request, opt(r.status), opt(r.ttl_at_node),
                        opt(r.hops) + (r.hops_inferred ? "?" : ""), opt(r.required_hop_limit),
-                       aside.empty() ? "" : "[" + aside + "] ", terminal_safe(r.evidence), r.client.str(),
+                       aside.empty() ? (r.incomplete && r.events_lost ? fmt::format("[incomplete: {} events lost while open] ",
+                                                                                    r.events_lost)
+                                                                      : std::string())
+                                     : "[" + aside + (r.events_lost ? fmt::format(": {}", r.events_lost) : "") + "] ",
+                       terminal_safe(r.evidence), r.client.str(),
                        r.server.str(), proc, r.duration_ms);
 }
 
@@ -146,6 +159,7 @@ std::string format_diagnosis(const Diagnosis& d, TextStyle style) {
         const auto& p = d.pods[i];
         std::string by;
         for (const auto& [v, n] : p.verdicts) by += fmt::format("{}{} {}", by.empty() ? "" : ", ", n, to_string(v));
+        if (p.incomplete) by += fmt::format(" (INCOMPLETE: {} open while events were lost)", p.incomplete);
         std::string who = fit(subjects[i], width);
         out += fmt::format("{}  {:<{}}  {:>4}  {:>5}  {:>3}  {}\n",
                            paint(fmt::format("{:<18}", to_string(p.verdict)), p.verdict, style), who, width, opt(p.hops),
@@ -162,8 +176,11 @@ std::string format_diagnosis(const Diagnosis& d, TextStyle style) {
                            safe_list(w.pods), terminal_safe(w.message), indent_fix(w.fix));
     }
     if (d.findings.empty()) {
-        out += d.warnings.empty() ? "\nHealthy: every transaction was answered and delivered.\n"
-                                  : "\nNo failure yet: every transaction was answered and delivered.\n";
+        if (d.set_aside.events_lost)
+            out += "\nNo failure in what was seen, but events were lost: incomplete, not healthy (see INCOMPLETE).\n";
+        else
+            out += d.warnings.empty() ? "\nHealthy: every transaction was answered and delivered.\n"
+                                      : "\nNo failure yet: every transaction was answered and delivered.\n";
         return out;
     }
     for (const auto& f : d.findings) {

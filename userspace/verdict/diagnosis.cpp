@@ -499,7 +499,8 @@ std::vector<Warning> hop_budget_warnings(const std::vector<PodSummary>& pods, st
 
 std::string set_aside_reason(const TransactionRecord& r) {
     if (r.opened_before_tracing) return "opened before tracing";
-    if (r.incomplete && r.verdict == Verdict::no_response) return "events lost";
+    if (r.incomplete && r.verdict == Verdict::no_response)
+        return r.events_lost ? "events lost" : "in flight when the window ended";
     return {};
 }
 
@@ -513,6 +514,7 @@ void DiagnosisBuilder::add(const TransactionRecord& r) {
                     dr.reason.empty() ? "" : ", reason ", dr.reason, dr.ttl)] += dr.count;
         return;
     }
+    if (r.incomplete && r.events_lost) ++set_aside_.incomplete_pods[r.subject()];
     if (!set_aside_reason(r).empty()) {
         ++set_aside_.incomplete;
         return;
@@ -536,6 +538,9 @@ Diagnosis DiagnosisBuilder::build(double window_s, std::vector<std::string> targ
     d.transactions = static_cast<int>(records_.size());
     d.hop_limit_observed = observed_hop_limit(records_);
     d.pods = summarize_pods(records_);
+    for (auto& p : d.pods)
+        if (auto it = set_aside_.incomplete_pods.find(p.subject); it != set_aside_.incomplete_pods.end())
+            p.incomplete = static_cast<int>(it->second);
     d.node = node_;
     d.findings = build_findings(records_, d.hop_limit_observed, node_);
     d.warnings = hop_budget_warnings(d.pods, d.hop_limit_observed);

@@ -24,6 +24,9 @@ struct PodSummary {
     int transactions = 0;
     std::map<Verdict, int> verdicts;
     Verdict verdict = Verdict::ok;
+    // Its transactions that were open while events were lost (judged or
+    // set aside): its figures may miss what was lost.
+    int incomplete = 0;
 };
 
 struct Finding {
@@ -54,6 +57,9 @@ struct SetAside {
     // Transactions that lost events and have no evidence of their own
     // (nothing but absence: what was lost may be the answer).
     std::uint64_t incomplete = 0;
+    // Every transaction open while events were lost, by pod (subject): the
+    // pods the loss may touch, judged or not.
+    std::map<std::string, std::uint64_t> incomplete_pods;
     // Kernel events of the machine that were not this node's (another
     // network namespace), socket bookkeeping frees of no followed
     // connection, and events the ring buffer could not hold.

@@ -38,6 +38,7 @@ struct TransactionRecord {
     // Set aside from every verdict, hop figure and fix (DESIGN.md "this window").
     bool opened_before_tracing = false;  // the tracer did not see the connection open
     bool incomplete = false;             // events were lost while it was open
+    std::uint64_t events_lost = 0;       // how many (all hooks): an upper bound of what it misses
     // The target address is one of this node's own (a node-local agent such
     // as the EKS Pod Identity agent): no uplink, no IMDS, no hop limit.
     bool target_on_node = false;

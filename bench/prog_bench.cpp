@@ -32,6 +32,7 @@
 #include "bench_empty.skel.h"
 #include "imdstrace.h"
 #include "imdstrace.skel.h"
+#include "loader/tracer.hpp"
 #include "packet_builder.hpp"
 
 namespace {
@@ -159,6 +160,9 @@ void load(Bench& b) {
     const_cast<__u32&>(ro->n_targets_v4) = 1;
     const_cast<__u32&>(ro->n_targets_v6) = 1;
     const_cast<__u32&>(ro->target_v6_base) = 1;
+    // The HTTP proxy ports, as the tracer configures them by default (--proxy-ports).
+    for (auto port : imdstrace::TracerConfig::default_proxy_ports())
+        const_cast<__u8&>(ro->proxy_port_bits[port >> 3]) |= static_cast<__u8>(1u << (port & 7));
     bpf_program__set_autoload(b.skel->progs.observe_drop, false);
     bpf_program__set_autoload(b.skel->progs.observe_icmp_send, false);
     if (int err = imdstrace_bpf__load(b.skel)) {

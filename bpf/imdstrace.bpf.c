@@ -115,8 +115,22 @@ volatile __u32 proxied = 0;
 #define IMDS_AF_INET_KERNEL 2
 #define IMDS_AF_INET6_KERNEL 10
 
-/* Look for absolute-URI metadata requests in pods' TCP payloads (rodata). */
+/*
+ * Look for absolute-URI metadata requests in TCP payloads sent to these
+ * destination ports (rodata, network order; the loader sets them from
+ * --proxy-ports): reading a payload costs ~25 ns a segment, so only the
+ * ports HTTP proxies listen on pay it.  proxy_any_port: every port.
+ */
 const volatile bool detect_proxy = true;
+/* One bit per port (host order): one load and a bit test on the fast path. */
+const volatile __u8 proxy_port_bits[65536 / 8] = {};
+
+static __always_inline bool proxy_port(__be16 dport)
+{
+	__u16 port = bpf_ntohs(dport);
+
+	return proxy_port_bits[port >> 3] & (1 << (port & 7));
+}
 
 
 static __always_inline void count(__u8 hook, __u32 what)
@@ -594,7 +608,7 @@ static __attribute__((noinline)) int observe_proxied(struct __sk_buff *skb, __u3
 			return 0;
 	}
 	if (!flow) {
-		if (!egress || !detect_proxy)
+		if (!egress || !detect_proxy || !proxy_port(th.dest))
 			return 0;
 		payload_off = l3.l4_off + th.doff * 4;
 		if (l3.l4_len < th.doff * 4 + sizeof(head) || pkt_load(&src, payload_off, head, sizeof(head)))
@@ -664,10 +678,27 @@ static __always_inline void observe_skb(struct __sk_buff *skb, __u32 l3_off, __u
 		}
 		if (iph->protocol != IPPROTO_TCP)
 			return;
-		/* 40: a TCP header and 20 bytes, the least an absolute-URI request head needs. */
-		if ((cgroup_egress && (proxied || (detect_proxy && bpf_ntohs(iph->tot_len) >= iph->ihl * 4 + 40))) ||
-		    (cgroup_ingress && proxied))
+		if (cgroup_ingress) {
+			if (proxied)
+				observe_proxied(skb, l3_off, hook, false);
+			return;
+		}
+		if (!cgroup_egress)
+			return;
+		if (proxied) {
 			observe_proxied(skb, l3_off, hook, false);
+			return;
+		}
+		/* 40: a TCP header and 20 bytes, the least an absolute-URI request head needs. */
+		if (!detect_proxy || bpf_ntohs(iph->tot_len) < iph->ihl * 4 + 40)
+			return;
+		{
+			struct tcphdr *th = (void *)iph + iph->ihl * 4;
+
+			if ((void *)(th + 1) <= data_end && !proxy_port(th->dest))
+				return;
+		}
+		observe_proxied(skb, l3_off, hook, false);
 	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = data + l3_off;
 
@@ -694,9 +725,26 @@ static __always_inline void observe_skb(struct __sk_buff *skb, __u32 l3_off, __u
 		/* Extension headers are not walked: a proxied request behind one is missed. */
 		if (ip6->nexthdr != IPPROTO_TCP)
 			return;
-		if ((cgroup_egress && (proxied || (detect_proxy && bpf_ntohs(ip6->payload_len) >= 40))) ||
-		    (cgroup_ingress && proxied))
+		if (cgroup_ingress) {
+			if (proxied)
+				observe_proxied(skb, l3_off, hook, true);
+			return;
+		}
+		if (!cgroup_egress)
+			return;
+		if (proxied) {
 			observe_proxied(skb, l3_off, hook, true);
+			return;
+		}
+		if (!detect_proxy || bpf_ntohs(ip6->payload_len) < 40)
+			return;
+		{
+			struct tcphdr *th = (void *)(ip6 + 1);
+
+			if ((void *)(th + 1) <= data_end && !proxy_port(th->dest))
+				return;
+		}
+		observe_proxied(skb, l3_off, hook, true);
 	}
 }
 

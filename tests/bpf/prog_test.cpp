@@ -100,6 +100,9 @@ public:
             const_cast<__u32&>(ro->n_targets_v6) = 1;
         }
         const_cast<__u32&>(ro->target_v6_base) = 2;
+        // The HTTP proxy ports, as the tracer configures them by default (--proxy-ports).
+        for (auto port : imdstrace::TracerConfig::default_proxy_ports())
+            const_cast<__u8&>(ro->proxy_port_bits[port >> 3]) |= static_cast<__u8>(1u << (port & 7));
         auto kf = imdstrace::KernelFeatures::probe();
         // As the tracer configures it (loader/tracer.cpp). The receiving-socket argument (6.11+)
         // follows the reason (5.17+): a kernel without reasons has neither, and a kernel without
@@ -592,6 +595,10 @@ TEST_F(BpfProgTest, EventsDecode) {
 // request was seen, the proxy's answers on that connection are followed.
 TEST_F(BpfProgTest, AbsoluteUriRequestsToAProxy) {
     constexpr const char* kProxy = "198.18.0.2";
+    // A port no proxy is configured on (--proxy-ports) is not looked into.
+    auto unlisted = Packet::v4(kPod4, kProxy).tcp(41002, 9999).seq(1).flags(pkt::PSH | pkt::ACK)
+                        .payload("GET http://169.254.169.254/latest/meta-data/ HTTP/1.1\r\n\r\n");
+    expect_run("a metadata request to a port not in --proxy-ports", Prog::socket_egress, unlisted.frame(), std::nullopt);
     auto other = Packet::v4(kPod4, kProxy).tcp(41000, 3128).seq(1).flags(pkt::PSH | pkt::ACK)
                      .payload("GET http://example.com/index.html HTTP/1.1\r\nHost: example.com\r\n\r\n");
     expect_run("a proxied request for another host", Prog::socket_egress, other.frame(), std::nullopt);

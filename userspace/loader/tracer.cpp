@@ -11,6 +11,7 @@
 #include <sys/un.h>
 #include <fmt/format.h>
 #include <random>
+#include <algorithm>
 #include <sys/utsname.h>
 #include <arpa/inet.h>
 #include <unistd.h>
@@ -392,6 +393,12 @@ std::unique_ptr<Tracer> Tracer::start(const TracerConfig& config, const KernelFe
     const_cast<__u32&>(ro->target_v6_base) = v4;
     const_cast<bool&>(ro->kfree_skb_has_reason) = kf.kfree_skb_reason;
     const_cast<bool&>(ro->kfree_skb_has_rx_sk) = kf.kfree_skb_rx_sk;
+    const_cast<bool&>(ro->detect_proxy) = config.proxy_any_port || !config.proxy_ports.empty();
+    for (unsigned port = 0; port < 65536; ++port) {
+        const bool on = config.proxy_any_port ||
+                        std::find(config.proxy_ports.begin(), config.proxy_ports.end(), port) != config.proxy_ports.end();
+        if (on) const_cast<__u8&>(ro->proxy_port_bits[port >> 3]) |= static_cast<__u8>(1u << (port & 7));
+    }
     if (config.ring_size) {
         if (int err = bpf_map__set_max_entries(impl.skel->maps.events, config.ring_size))
             throw std::runtime_error("cannot size the event ring buffer to " + std::to_string(config.ring_size) +

@@ -43,6 +43,13 @@ struct TracerConfig {
     bool prefer_tcx = true;   // fall back to netlink tc when the kernel has no tcx
     bool attach = true;       // false: load only (the verifier's verdict, for `check`)
     std::uint32_t ring_size = 0;  // event ring bytes, a power of two of pages; 0 = the object's default
+    // Destination ports whose TCP payloads are checked for absolute-URI
+    // metadata requests (an HTTP proxy); empty = none; proxy_any_port: all.
+    std::vector<std::uint16_t> proxy_ports = default_proxy_ports();
+    bool proxy_any_port = false;
+    // The ports HTTP proxies commonly listen on (squid 3128/3129, 8080, 8000,
+    // 8081, privoxy 8118, 8888, 80).
+    static std::vector<std::uint16_t> default_proxy_ports() { return {3128, 3129, 8080, 8000, 8081, 8118, 8888, 80}; }
 };
 
 struct TracerCounters {

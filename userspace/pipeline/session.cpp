@@ -286,6 +286,8 @@ void Session::start() {
     tc.cgroup_dir = cgroup_dir;
     tc.prefer_tcx = opts_.prefer_tcx;
     tc.ring_size = opts_.ring_size;
+    tc.proxy_ports = opts_.proxy_ports;
+    tc.proxy_any_port = opts_.proxy_any_port;
     impl.start_mono = monotonic_ns();
     impl.start_unix_ms = unix_ms_now();
     impl.tracer = Tracer::start(tc, impl.features, [this](std::span<const std::uint8_t> rec) { impl_->on_event(rec); });

@@ -40,6 +40,8 @@ struct SessionOptions {
     double k8s_events_interval_s = 600;  // Events on failing pods (k8s-api/auto with a cluster); 0 = none
     std::optional<double> duration_s;
     std::uint32_t ring_size = 0;  // event ring buffer bytes (power of two of pages); 0 = the BPF default
+    std::vector<std::uint16_t> proxy_ports = TracerConfig::default_proxy_ports();  // --proxy-ports
+    bool proxy_any_port = false;
     bool prefer_tcx = true;
 
     const std::string& host_root() const { return pod_settings.host_root; }

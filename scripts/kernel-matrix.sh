@@ -364,7 +364,7 @@ MODULES_COPY="veth sch_ingress cls_bpf act_bpf act_gact act_mirred cls_u32 cls_m
   ip6table_filter ip6table_nat ip6table_mangle ip6table_raw
   xt_MASQUERADE xt_conntrack xt_nat xt_tcpudp xt_comment xt_mark xt_addrtype xt_multiport
   xt_state xt_limit xt_LOG xt_owner xt_CT xt_physdev xt_set ip_set ipt_REJECT ip6t_REJECT
-  nf_log_syslog inet_diag tcp_diag"
+  nf_log_syslog inet_diag tcp_diag xt_REDIRECT"
 # Modules loaded at boot. Legacy iptable_*/ip6table_* stay out: registering their tables makes
 # iptables-nft warn on every listing; the kernel autoloads them if iptables-legacy is used.
 MODULES_LOAD_SKIP='^(iptable_|ip6table_|ip_tables$|ip6_tables$)'

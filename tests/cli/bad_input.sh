@@ -115,6 +115,16 @@ cp "$CASES/report/truncated_last.jsonl" "$WORK/rot.jsonl"
 row 3 "out:20 transactions" report "$WORK/rot.jsonl"
 row 3 "reading the rotated set, oldest first: $WORK/rot.jsonl.1, $WORK/rot.jsonl" report "$WORK/rot.jsonl"
 row 3 "out:10 transactions" report "$WORK/rot.jsonl.1"
+# A gap in the set (FILE.1 gone, FILE.2 there): said, not silently skipped.
+cp "$CASES/report/truncated_last.jsonl" "$WORK/gap.jsonl"
+cp "$CASES/report/truncated_last.jsonl" "$WORK/gap.jsonl.2"
+row 3 "gap.jsonl.1 is missing: .*gap.jsonl.2 and older files are not read" report "$WORK/gap.jsonl"
+# A rotated set whose transactions cover a sliver of the sessions' window: the older ones were rotated away.
+{ head -n 10 "$CASES/report/truncated_last.jsonl"
+  echo '{"schema":"imdstrace.session/v1","ts":"2026-11-30T00:00:00.000Z","window_s":600,"targets":["169.254.169.254:80"]}'
+} >"$WORK/cut.jsonl"
+cp "$WORK/cut.jsonl" "$WORK/cut.jsonl.1"
+row 3 "of the 1200 s the sessions ran: older ones were rotated away" report "$WORK/cut.jsonl"
 row 3 "out:20 transactions" report "$WORK/rot.jsonl.1" "$WORK/rot.jsonl"
 row 2 "report: $WORK/dir is a directory" report "$WORK/dir"
 row 2 "report: cannot read /nonexistent.jsonl" report /nonexistent.jsonl

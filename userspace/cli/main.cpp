@@ -103,8 +103,8 @@ void add_common(CLI::App* app, CommonArgs& a, bool tracing) {
                     "proxy: a comma list, 'any' (every port: ~25 ns per data segment a pod sends) or 'none' "
                     "(default 3128,3129,8080,8000,8081,8118,8888,80)");
     app->add_option("--ring-size", a.ring_size,
-                    "Event ring buffer size in bytes (K/M suffixes: KiB/MiB): a power of two, at least one page "
-                    "(default 4M)");
+                    "Event ring buffer size in bytes (K/M/G suffixes: KiB/MiB/GiB): a power of two from one page "
+                    "to 1G (default 4M)");
     app->add_option("--ready-file", a.ready_file, "Write FILE once the probes are attached")->group("");
     app->add_flag("--no-tcx", a.no_tcx, "Attach with netlink tc even where tcx links exist")->group("");
 }
@@ -308,6 +308,11 @@ int run_report(const std::vector<std::string>& given, const CommonArgs& a) {
     const auto files = given.size() == 1 ? rotated_set(given[0]) : given;
     if (files.size() > given.size())
         spdlog::info("reading the rotated set, oldest first: {}", join(files, ", "));
+    if (given.size() == 1)
+        if (auto gap = rotated_gap(given[0], files.size()))
+            spdlog::warn("{}.{} is missing: {}.{} and older files are not read (a gap in the rotated set); the report "
+                         "covers {} only",
+                         given[0], *gap, given[0], *gap + 1, join(files, ", "));
     const std::string file = join(given, ", ");
     DiagnosisBuilder builder;
     auto rec = read_recordings(files, [&builder](TransactionRecord&& r) { builder.add(r); });
@@ -325,6 +330,13 @@ int run_report(const std::vector<std::string>& given, const CommonArgs& a) {
     builder.add_session_counts(rec.other_namespace_events, rec.socket_bookkeeping_frees, rec.events_lost,
                                rec.late_drops);
     builder.set_node_facts(rec.node);
+    // A rotated set keeps the newest files only: say what part of the
+    // sessions' time the transactions read here cover.
+    const double span_s = rec.first_ms ? (rec.last_ms - rec.first_ms) / 1000.0 : 0;
+    if (files.size() > 1 && rec.recorded_window > 0 && span_s < 0.9 * rec.recorded_window)
+        spdlog::warn("these files hold transactions of {:.1f} s ({} to {} UTC) of the {:.0f} s the sessions ran: older "
+                     "ones were rotated away (--events-max-files), and a failure among them is not in this report",
+                     span_s, iso8601_ms(rec.first_ms), iso8601_ms(rec.last_ms), rec.recorded_window);
     double window = rec.recorded_window > 0 ? rec.recorded_window
                     : rec.first_ms          ? (rec.last_ms - rec.first_ms) / 1000.0
                                             : 0;
@@ -356,11 +368,12 @@ int run_fleet(const FleetArgs& f, const CommonArgs& a) {
         throw UsageError(e.what());
     }
     auto fleet = build_fleet(query, opts, f.prometheus);
-    if (fleet.nodes.empty())
-        spdlog::warn("no imdstrace reports to {} (no imdstrace_build_info series): is it scraping the DaemonSet?",
-                     f.prometheus);
     write_stdout(a.output == "json" ? dump_json(to_json(fleet), 2) + "\n"
                                     : format_fleet(fleet, isatty(STDOUT_FILENO) == 1));
+    // No node reporting is not a healthy fleet: nothing could be judged.
+    if (fleet.nodes.empty())
+        throw std::runtime_error("no imdstrace reports to " + f.prometheus +
+                                 " (no imdstrace_build_info series): is it scraping the DaemonSet? Nothing was judged");
     return fleet.failing() ? kExitFailures : kExitHealthy;
 }
 

@@ -156,6 +156,14 @@ std::vector<std::string> rotated_set(const std::string& file) {
     return set;
 }
 
+std::optional<unsigned> rotated_gap(const std::string& file, std::size_t set_size) {
+    std::error_code ec;
+    const auto missing = static_cast<unsigned>(set_size);  // FILE.(size) is the first absent number
+    for (unsigned i = missing + 1; i < missing + 100; ++i)
+        if (std::filesystem::is_regular_file(file + "." + std::to_string(i), ec)) return missing;
+    return std::nullopt;
+}
+
 std::optional<std::uint64_t> parse_byte_size(const std::string& text) {
     if (text.empty() || !std::isdigit(static_cast<unsigned char>(text[0]))) return std::nullopt;
     std::size_t used = 0;

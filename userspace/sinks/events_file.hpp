@@ -72,6 +72,9 @@ struct Recording {
 // A rotated set, oldest first: FILE.N, ..., FILE.1, FILE (the numbers that
 // exist from 1 up without a gap).  Just {FILE} when nothing was rotated.
 std::vector<std::string> rotated_set(const std::string& file);
+// The first FILE.N missing below an existing higher-numbered one (a gap:
+// the files above it are not part of rotated_set()), or nullopt.
+std::optional<unsigned> rotated_gap(const std::string& file, std::size_t set_size);
 
 // --events-max-bytes: a number of bytes, optionally with a K, M or G suffix
 // (powers of 1024).  nullopt when the text is not that or is 0.

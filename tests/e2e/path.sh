@@ -92,18 +92,10 @@ dnat_pod1_to_node() {  # DNAT pod1's metadata requests to NODE_ADDR:8181, as kub
         -j DNAT --to-destination "$NODE_ADDR:8181"
 }
 
-start_pod_daemon() {  # start_pod_daemon I NAME CMD... : in pod I; waits for NAME.ready
-    local pod=$1 name=$2; shift 2
-    "$TESTBED" exec --prefix "$PREFIX" --pod "$pod" -- "$@" >"$WORK/$name.log" 2>&1 &
-    EXTRA_PIDS+=("$!")
-    for _ in $(seq 100); do [[ -f "$WORK/$name.ready" ]] && break; sleep 0.1; done
-    [[ -f "$WORK/$name.ready" ]] || { cat "$WORK/$name.log" >&2; fail "$name did not start"; exit 1; }
-    EXTRA_PIDS+=("$(cat "$WORK/$name.pid")")
-}
-
-start_node_daemon() {  # start_node_daemon NAME CMD... : in the node (host cgroup); waits for NAME.ready
-    local name=$1; shift
-    "$TESTBED" exec --prefix "$PREFIX" --host -- "$@" >"$WORK/$name.log" 2>&1 &
+start_daemon() {  # start_daemon (--host | --pod I) NAME CMD... : waits for $WORK/NAME.ready, killed on exit
+    local where=("$1"); [[ $1 == --pod ]] && { where+=("$2"); shift; }
+    local name=$2; shift 2
+    "$TESTBED" exec --prefix "$PREFIX" "${where[@]}" -- "$@" >"$WORK/$name.log" 2>&1 &
     EXTRA_PIDS+=("$!")
     for _ in $(seq 100); do [[ -f "$WORK/$name.ready" ]] && break; sleep 0.1; done
     [[ -f "$WORK/$name.ready" ]] || { cat "$WORK/$name.log" >&2; fail "$name did not start"; exit 1; }
@@ -114,7 +106,7 @@ scenario_dnat_answered() {
     testbed_up 2
     dnat_pod1_to_node
     # An old metadata proxy: answers every request itself with 403 (a token PUT it does not pass on).
-    start_node_daemon proxy "$IMDS_EMULATOR" --listen "$NODE_ADDR:8181" --endpoint disabled --quiet \
+    start_daemon --host proxy "$IMDS_EMULATOR" --listen "$NODE_ADDR:8181" --endpoint disabled --quiet \
         --pidfile "$WORK/proxy.pid" --ready-file "$WORK/proxy.ready"
     diagnose_pod1 "$WORK/d.json" --attempts 1 --timeout-ms 800
     local d="$WORK/d.json" pid
@@ -167,7 +159,7 @@ scenario_dnat_refused() {
 
 scenario_dnat_elsewhere() {
     testbed_up 2 --pods 2
-    start_pod_daemon 2 agent "$IMDS_EMULATOR" --listen "$POD2_IP:8181" --endpoint disabled --quiet \
+    start_daemon --pod 2 agent "$IMDS_EMULATOR" --listen "$POD2_IP:8181" --endpoint disabled --quiet \
         --pidfile "$WORK/agent.pid" --ready-file "$WORK/agent.ready"
     in_node iptables -t nat -A PREROUTING -i "$POD1_VETH" -p tcp -d 169.254.169.254 --dport 80 \
         -j DNAT --to-destination "$POD2_IP:8181"
@@ -189,7 +181,7 @@ scenario_pod_redirect() {
     testbed_up 2
     nsenter --net="$POD1_NETNS_PATH" iptables -t nat -A OUTPUT -p tcp -d 169.254.169.254 --dport 80 \
         -j REDIRECT --to-ports 15001
-    start_pod_daemon 1 sidecar "$IMDS_EMULATOR" --listen 127.0.0.1:15001 --endpoint disabled --quiet \
+    start_daemon --pod 1 sidecar "$IMDS_EMULATOR" --listen 127.0.0.1:15001 --endpoint disabled --quiet \
         --pidfile "$WORK/sidecar.pid" --ready-file "$WORK/sidecar.ready"
     diagnose_pod1 "$WORK/d.json" --attempts 1 --timeout-ms 800
     local d="$WORK/d.json"
@@ -242,7 +234,7 @@ scenario_connect_noroute() {
 scenario_proxy() {
     [[ -x "${IMDS_SDK_CLIENT:-}" ]] || { fail "imds-sdk-client not built (scripts/setup.sh installs go and the SDK)"; return; }
     testbed_up 2
-    start_node_daemon httpproxy python3 "$REPO/tests/testbed/http_proxy.py" "$NODE_ADDR" 3128 \
+    start_daemon --host httpproxy python3 "$REPO/tests/testbed/http_proxy.py" "$NODE_ADDR" 3128 \
         "$WORK/httpproxy.pid" "$WORK/httpproxy.ready"
     tracer_start "$WORK/d.json" diagnose -o json --duration 6 --cgroup "$CGROUP_DIR" --pods "static:$PODS_JSON" \
         --events "$WORK/events.jsonl"

@@ -109,8 +109,40 @@ std::optional<unsigned long> tcp_socket_inode(const Endpoint& local) {
     return dump_family(AF_INET6, local);
 }
 
-std::optional<ProcessInfo> process_with_socket(const std::string& proc_root, unsigned long inode) {
+namespace {
+
+// Does process `pid` under proc_root hold socket:[inode] among its fds?
+bool holds_socket(const std::string& proc_root, const std::string& pid, unsigned long inode) {
     const std::string want = "socket:[" + std::to_string(inode) + "]";
+    const std::string fd_dir = proc_root + "/" + pid + "/fd";
+    DIR* fds = ::opendir(fd_dir.c_str());
+    if (!fds) return false;
+    bool found = false;
+    char target[64];
+    while (auto* f = ::readdir(fds)) {
+        if (f->d_name[0] == '.') continue;
+        ssize_t n = ::readlinkat(::dirfd(fds), f->d_name, target, sizeof(target) - 1);
+        if (n > 0 && std::string_view(target, static_cast<std::size_t>(n)) == want) {
+            found = true;
+            break;
+        }
+    }
+    ::closedir(fds);
+    return found;
+}
+
+
+ProcessInfo process_info(const std::string& proc_root, const std::string& pid) {
+    ProcessInfo p;
+    p.pid = static_cast<std::uint32_t>(std::strtoul(pid.c_str(), nullptr, 10));
+    std::ifstream comm(proc_root + "/" + pid + "/comm");
+    std::getline(comm, p.comm);
+    return p;
+}
+
+}  // namespace
+
+std::optional<ProcessInfo> process_with_socket(const std::string& proc_root, unsigned long inode) {
     DIR* procs = ::opendir(proc_root.c_str());
     if (!procs) return std::nullopt;
     std::optional<ProcessInfo> found;
@@ -118,24 +150,10 @@ std::optional<ProcessInfo> process_with_socket(const std::string& proc_root, uns
         char* end = nullptr;
         unsigned long pid = std::strtoul(e->d_name, &end, 10);
         if (!end || *end != '\0' || pid == 0) continue;
-        const std::string fd_dir = proc_root + "/" + e->d_name + "/fd";
-        DIR* fds = ::opendir(fd_dir.c_str());
-        if (!fds) continue;
-        char target[64];
-        while (auto* f = ::readdir(fds)) {
-            if (f->d_name[0] == '.') continue;
-            ssize_t n = ::readlinkat(::dirfd(fds), f->d_name, target, sizeof(target) - 1);
-            if (n <= 0) continue;
-            if (std::string_view(target, static_cast<std::size_t>(n)) != want) continue;
-            std::ifstream comm(proc_root + "/" + e->d_name + "/comm");
-            ProcessInfo p;
-            p.pid = static_cast<std::uint32_t>(pid);
-            std::getline(comm, p.comm);
-            found = p;
+        if (holds_socket(proc_root, e->d_name, inode)) {
+            found = process_info(proc_root, e->d_name);
             break;
         }
-        ::closedir(fds);
-        if (found) break;
     }
     ::closedir(procs);
     return found;
@@ -168,25 +186,6 @@ std::optional<unsigned long> inode_on_port(const std::string& proc_root, const s
     return any;
 }
 
-bool holds_socket(const std::string& proc_root, const std::string& pid, unsigned long inode) {
-    const std::string want = "socket:[" + std::to_string(inode) + "]";
-    const std::string fd_dir = proc_root + "/" + pid + "/fd";
-    DIR* fds = ::opendir(fd_dir.c_str());
-    if (!fds) return false;
-    bool found = false;
-    char target[64];
-    while (auto* f = ::readdir(fds)) {
-        if (f->d_name[0] == '.') continue;
-        ssize_t n = ::readlinkat(::dirfd(fds), f->d_name, target, sizeof(target) - 1);
-        if (n > 0 && std::string_view(target, static_cast<std::size_t>(n)) == want) {
-            found = true;
-            break;
-        }
-    }
-    ::closedir(fds);
-    return found;
-}
-
 }  // namespace
 
 std::optional<ProcessInfo> SocketOwners::owner(const Endpoint& local, const std::string& cgroup_dir) {
@@ -197,12 +196,7 @@ std::optional<ProcessInfo> SocketOwners::owner(const Endpoint& local, const std:
     while (procs >> pid) {
         if (pid == "0") continue;  // outside this PID namespace
         auto inode = inode_on_port(proc_root_, pid, local.port);
-        if (!inode || !holds_socket(proc_root_, pid, *inode)) continue;
-        ProcessInfo p;
-        p.pid = static_cast<std::uint32_t>(std::strtoul(pid.c_str(), nullptr, 10));
-        std::ifstream comm(proc_root_ + "/" + pid + "/comm");
-        std::getline(comm, p.comm);
-        return p;
+        if (inode && holds_socket(proc_root_, pid, *inode)) return process_info(proc_root_, pid);
     }
     return std::nullopt;
 }

@@ -4,10 +4,9 @@
 
 namespace imdstrace {
 
-TransactionRecord attribute(const Transaction& seen, std::int64_t wall_ms, const CgroupNamer& cgroup_of,
-                            PodResolver& pods, bool target_on_node) {
+TransactionRecord attribute(Transaction t, std::int64_t wall_ms, const CgroupNamer& cgroup_of, PodResolver& pods,
+                            bool target_on_node) {
     TransactionRecord r;
-    Transaction t = seen;
     t.target_on_node = target_on_node;
     // Did it leave through an uplink?  Only answerable when the uplinks are
     // traced, the client's own packets were seen, and the target is not this node's.

@@ -24,7 +24,9 @@ using CgroupNamer = std::function<std::string(std::uint64_t cgroup_id)>;
 
 // `wall_ms`: unix time (ms) of the transaction's start.  `target_on_node`:
 // the server address is one of this node's own (a node-local agent).
-TransactionRecord attribute(const Transaction& t, std::int64_t wall_ms, const CgroupNamer& cgroup_of,
+// Takes the transaction by value: the path facts are derived on it before
+// it is judged (pass it moved; the caller is done with it).
+TransactionRecord attribute(Transaction t, std::int64_t wall_ms, const CgroupNamer& cgroup_of,
                             PodResolver& pods, bool target_on_node = false);
 
 }  // namespace imdstrace

@@ -169,9 +169,9 @@ struct Session::Impl {
         const bool on_node = node_local_agent_address(t.client_flow.server.addr) ||
                              std::find(targets_on_node.begin(), targets_on_node.end(), t.client_flow.server) !=
                                  targets_on_node.end();
-        t.target_on_node = on_node;
+        const auto start_ms = wall_ms(t.start_ns);
         finished.push_back(attribute(
-            t, wall_ms(t.start_ns), [this](std::uint64_t id) { return cgroup_paths->path_of(id); }, *pods, on_node));
+            std::move(t), start_ms, [this](std::uint64_t id) { return cgroup_paths->path_of(id); }, *pods, on_node));
     }
 
     // 5. deliver finished records to the sinks.  Returns how many.

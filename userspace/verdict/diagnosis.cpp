@@ -204,9 +204,8 @@ std::string never_left_fix(Verdict v, const TransactionRecord& r) {
         "{3}` (and `nft list ruleset`) on the node and in the pod, then fix the agent it points at or remove the rule; "
         "no instance metadata option applies.",
         r.server.str(),
-        v == Verdict::refused        ? " (the reset came from this node)"
-        : v == Verdict::no_response ? " (and whatever it went to did not answer)"
-                                     : fmt::format(" (the HTTP {} came from this node)", r.status.value_or(0)),
+        v == Verdict::refused ? std::string(" (the reset came from this node)")
+                              : fmt::format(" (the HTTP {} came from this node)", r.status.value_or(0)),
         ipt, r.server.addr.str());
 }
 
@@ -217,7 +216,10 @@ std::string generic_fix(Verdict v, const TransactionRecord& example, const NodeF
     if (example.answered_by && example.answered_by->socket != example.server) return interception_fix(v, example);
     if (example.redirected_to && !example.answered_by) return redirect_fix(v, example);
     const bool drop_verdict = v == Verdict::blocked || v == Verdict::no_route || v == Verdict::dropped;
-    if (example.reached_uplink == false && !drop_verdict && !example.answered_by) return never_left_fix(v, example);
+    // Only with an answer (or reset) that came from this node: silence alone
+    // could also be a datapath that bypasses the uplink's tc hook.
+    if (example.reached_uplink == false && !drop_verdict && !example.answered_by && v != Verdict::no_response)
+        return never_left_fix(v, example);
     if (v == Verdict::forbidden && example.request && example.request->forwarded_for)
         return "IMDS refuses a token PUT that carries X-Forwarded-For (IMDSv2's guard against proxied requests): this "
                "client forwards other clients' requests (an HTTP proxy). The clients behind it must bypass it for the "
@@ -452,7 +454,7 @@ std::string path_kind(const TransactionRecord& r) {
     if (r.via_proxy) return "proxy:" + r.via_proxy->str();
     if (r.answered_by && r.answered_by->socket != r.server) return "answered:" + r.answered_by->socket.str();
     if (r.redirected_to) return "redirected:" + r.redirected_to->str();
-    if (r.reached_uplink == false) return "never-left-node";
+    if (r.reached_uplink == false && r.verdict != Verdict::no_response) return "never-left-node";
     if (r.request && r.request->forwarded_for) return "forwarded-for";
     return r.target_on_node ? "agent" : "";
 }

@@ -112,7 +112,9 @@ std::string path_evidence(const Transaction& t, std::string_view server_text) {
                            "or REDIRECT rule sends it elsewhere)",
                            t.delivered ? "answered" : t.server_reset ? "reset" : "accepted", server_text);
     } else if (t.reached_uplink == false && t.drops.empty()) {
-        out += fmt::format("; the request never left through an uplink and no drop was seen: {} never saw it", server_text);
+        // Nothing came back either: a datapath that hands packets to the
+        // uplink past its tc hook would look the same, so no claim about IMDS.
+        out += "; no packet of the request was seen leaving through an uplink, and no drop was seen";
     } else if (t.redirected_to && std::none_of(t.drops.begin(), t.drops.end(), [](const DropRecord& d) {
                    return d.rewritten.has_value();
                })) {

@@ -627,37 +627,40 @@ scope_name() {
     esac
 }
 
-# plan_sandbox S I KIND: the pod sandbox's ID and cgroup.  A real node's cgroup order is
-# whatever the IDs hash to; the testbed picks the order that tells a tracer that takes "the
+# plan_ids S I KIND: the IDs of the pod's container and sandbox.  A real node's cgroup order
+# is whatever the IDs hash to; the testbed picks the order that tells a tracer that takes "the
 # first process in the pod's cgroup tree" from one that takes the pod's own: with CRI-O, a
 # conmon scope (the host's network namespace) lists first; for a docker-in-docker pod, its
-# container lists before the sandbox (and inside it, docker/ before init/).
-plan_sandbox() {
+# container lists before the sandbox (and inside it, docker/ before init/).  Each try draws
+# both IDs: with one of them fixed, a name that hashes to either end of kernfs's order makes
+# the wanted order rare or impossible (a prefix whose container always listed first: 200
+# sandbox IDs, none listed before it).
+plan_ids() {
     _s=$1
     _i=$2
     _seed=$(str_hash "$(cat "$_s/prefix")")
-    _cid=$(pget "$_s" $_i container_id)
     _rt=$(cat "$_s/runtime")
     _try=0
     while :; do
+        _cid=$(hex_id $(((_seed + _i * 7919 + _try * 13) % 2147483648)) 8)
         _sid=$(hex_id $(((_seed + _i * 3571 + _try * 7) % 2147483648)) 8)
-        _sbn=$(scope_name "$_s" "$_sid")
         [ -n "$(cat "$_s/kubepods")" ] || break
         if [ "$_rt" = crio ]; then
-            _f=$(first_listed "$(cat "$_s/cgroup")" "$_sbn" "$(scope_name "$_s" "$_sid" conmon)" \
+            _f=$(first_listed "$(cat "$_s/cgroup")" "$(scope_name "$_s" "$_sid")" "$(scope_name "$_s" "$_sid" conmon)" \
                 "$(scope_name "$_s" "$_cid")" "$(scope_name "$_s" "$_cid" conmon)") || die "cannot try cgroup names"
             case $_f in crio-conmon-*) break ;; esac
         elif [ "$3" = nested ]; then
-            _f=$(first_listed "$(cat "$_s/cgroup")" "$_sbn" "$(scope_name "$_s" "$_cid")") || die "cannot try cgroup names"
+            _f=$(first_listed "$(cat "$_s/cgroup")" "$(scope_name "$_s" "$_sid")" "$(scope_name "$_s" "$_cid")") ||
+                die "cannot try cgroup names"
             [ "$_f" = "$(scope_name "$_s" "$_cid")" ] && break
         else
             break
         fi
         _try=$((_try + 1))
-        [ $_try -lt 200 ] || die "no sandbox ID found that lists in the wanted order"
+        [ $_try -lt 64 ] || die "no container and sandbox IDs found that list in the wanted order"
     done
+    pset "$_s" $_i container_id "$_cid"
     pset "$_s" $_i sandbox_id "$_sid"
-    pset "$_s" $_i sandbox_cgroup_rel "$(pget "$_s" $_i cgroup_rel)/$_sbn"
 }
 
 # plan_pod S I KIND KIND_ORDINAL: names, IDs, addresses and cgroups of pod I (no side effects
@@ -675,10 +678,10 @@ plan_pod() {
     mkdir "$_s/pod$_i" || die "cannot create $_s/pod$_i"
     _seed=$(str_hash "$_p")
     _uid=$(printf '%08x-%04x-4000-8000-%012x' "$_seed" "$_i" "$_i")
-    _cid=$(hex_id $(((_seed + _i * 7919) % 2147483648)) 8)
     pset "$_s" $_i kind "$_kind"
     pset "$_s" $_i uid "$_uid"
-    pset "$_s" $_i container_id "$_cid"
+    plan_ids "$_s" "$_i" "$_kind"
+    _cid=$(pget "$_s" $_i container_id)
     pset "$_s" $_i qos burstable
     case $_kind in
         vpc) _kns=kube-system _base=aws-load-balancer-controller-6b7f9c _sfx=x2x9q _cn=controller ;;
@@ -721,7 +724,7 @@ plan_pod() {
     pset "$_s" $_i cgroup_rel "$_pcg"
     pset "$_s" $_i container_cgroup_rel "$_ccg"
     pset "$_s" $_i exec_cgroup_rel "$_ccg"
-    plan_sandbox "$_s" "$_i" "$_kind"
+    pset "$_s" $_i sandbox_cgroup_rel "$_pcg/$(scope_name "$_s" "$(pget "$_s" $_i sandbox_id)")"
 
     # network
     _hmac=$(printf '02:00:c6:12:%02x:%02x' $((_i / 256)) $((_i % 256)))

@@ -167,8 +167,9 @@ YAML
     wait "$h_tracer" 2>/dev/null || true
     kill -TERM "$TRACER_PID" 2>/dev/null || true
     tracer_wait
-    local left=""
-    for id in $healthy_progs; do bpftool prog show id "$id" >/dev/null 2>&1 && left="$left $id"; done
+    local left
+    # shellcheck disable=SC2086
+    left=$(programs_left $healthy_progs)
     expect_eq "the healthy node's tracer left no program" "${left:-none}" "none"
     TRACER_PROGS=$failing_progs
     expect_clean "after both tracers exited"

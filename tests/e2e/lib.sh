@@ -228,24 +228,36 @@ record_programs() {  # record_programs PID
     fail "cannot read the tracer's BPF program ids from /proc/$1/fdinfo"
 }
 
+# programs_left IDS...: those of the program ids still loaded, waiting up to 3 s for the kernel
+# to free them (a program is freed after an RCU grace period once its last link and fd are gone,
+# so right after the tracer exits it may still be listed)
+programs_left() {
+    local left="" id
+    for _ in $(seq 30); do
+        left=""
+        for id in "$@"; do bpftool prog show id "$id" >/dev/null 2>&1 && left="$left $id"; done
+        [[ -z "$left" ]] && break
+        sleep 0.1
+    done
+    echo "$left"
+}
+
 # No imdstrace program may remain loaded, and nothing may remain attached to
 # the uplink or the cgroup.  Program release is asynchronous: poll briefly.
 # With the tracer's own program ids recorded, exactly those must be gone;
 # otherwise (a tracer started by hand) no imdstrace program may be loaded at all.
 expect_clean() {
-    local what=$1 left="" id
-    for _ in $(seq 30); do
-        if [[ -n "$TRACER_PROGS" ]]; then
-            left=""
-            for id in $TRACER_PROGS; do
-                bpftool prog show id "$id" >/dev/null 2>&1 && left="$left $id"
-            done
-        else
+    local what=$1 left=""
+    if [[ -n "$TRACER_PROGS" ]]; then
+        # shellcheck disable=SC2086
+        left=$(programs_left $TRACER_PROGS)
+    else
+        for _ in $(seq 30); do
             left=$(bpftool prog show 2>/dev/null | grep -E "name (uplink_ingress|uplink_egress|socket_egress|socket_ingress|observe_drop|observe_icmp_send)" || true)
-        fi
-        [[ -z "$left" ]] && break
-        sleep 0.1
-    done
+            [[ -z "$left" ]] && break
+            sleep 0.1
+        done
+    fi
     if [[ -z "$left" ]]; then
         pass "$what: no imdstrace BPF program left loaded${TRACER_PROGS:+ (its programs $TRACER_PROGS)}"
     else

@@ -39,6 +39,9 @@ row() {
     local why=""
     [[ $rc == "$want" ]] || why="exit $rc, expected $want"
     grep -qE -- "$pattern" "$stream" || why="${why:+$why; }/$pattern/ not in $(basename "$stream")"
+    # A usage error reads the same whoever found it (CLI11 or imdstrace's own checks).
+    [[ $want != 2 ]] || head -1 "$WORK/err" | grep -q '^imdstrace: error: ' ||
+        why="${why:+$why; }stderr does not open with 'imdstrace: error: '"
     # Messages stay short whatever the input: no dumped values.
     (( $(wc -c <"$WORK/err") < 4000 )) || why="${why:+$why; }stderr is $(wc -c <"$WORK/err") bytes"
     if [[ -z $why ]]; then
@@ -119,12 +122,19 @@ row 3 "out:10 transactions" report "$WORK/rot.jsonl.1"
 cp "$CASES/report/truncated_last.jsonl" "$WORK/gap.jsonl"
 cp "$CASES/report/truncated_last.jsonl" "$WORK/gap.jsonl.2"
 row 3 "gap.jsonl.1 is missing: .*gap.jsonl.2 and older files are not read" report "$WORK/gap.jsonl"
-# A rotated set whose transactions cover a sliver of the sessions' window: the older ones were rotated away.
+# A rotated set whose oldest file continues one rotated away (its first line says so): the report
+# says PARTIAL, with what the files read cover of the sessions' window.
 { head -n 10 "$CASES/report/truncated_last.jsonl"
   echo '{"schema":"imdstrace.session/v1","ts":"2026-11-30T00:00:00.000Z","window_s":600,"targets":["169.254.169.254:80"]}'
 } >"$WORK/cut.jsonl"
-cp "$WORK/cut.jsonl" "$WORK/cut.jsonl.1"
-row 3 "of the 1200 s the sessions ran: older ones were rotated away" report "$WORK/cut.jsonl"
+{ echo '{"schema":"imdstrace.rotation/v1","ts":"2026-11-30T00:09:00.000Z","continues":"cut.jsonl.2"}'
+  cat "$WORK/cut.jsonl"; } >"$WORK/cut.jsonl.1"
+row 3 "cut.jsonl.1 continues a file that was rotated away at 2026-11-30T00:09:00.000Z .*of the 1200 s the sessions ran" \
+    report "$WORK/cut.jsonl"
+row 3 "out:^PARTIAL: .*cut.jsonl.1 continues a file that was rotated away" report "$WORK/cut.jsonl"
+# the same files without the rotation line: nothing says the set is not whole
+cp "$WORK/cut.jsonl" "$WORK/whole.jsonl.1"; cp "$WORK/cut.jsonl" "$WORK/whole.jsonl"
+row 3 "out:^HOP_LIMIT" report "$WORK/whole.jsonl"
 row 3 "out:20 transactions" report "$WORK/rot.jsonl.1" "$WORK/rot.jsonl"
 row 2 "report: $WORK/dir is a directory" report "$WORK/dir"
 row 2 "report: cannot read /nonexistent.jsonl" report /nonexistent.jsonl

@@ -6,6 +6,10 @@
 #                          packets, the TTL-1 response, the drop comment), the scrape
 #                          has the pod's HOP_LIMIT_EXCEEDED series, no token or
 #                          credential from the emulator appears anywhere.
+#   evidence.sh rotation   --events-max-bytes/--events-max-files under a live tracer: the set
+#                          stays capped; `report FILE` reads it oldest first and, when the pod's
+#                          failure was rotated away, says so and never calls the node healthy;
+#                          a gap in the set is said aloud
 source "$(dirname "$0")/lib.sh"
 require_root
 
@@ -70,9 +74,52 @@ scenario_incident() {
         "X-Aws-Ec2-Metadata-Token: REDACTED"
 }
 
+scenario_rotation() {
+    testbed_up 1
+    tracer_start "$WORK/diag.txt" diagnose --duration 10 --cgroup "$CGROUP_DIR" --pods "static:$PODS_JSON" \
+        --node-name "$NODE_NAME" --events "$WORK/ev.jsonl" --events-max-bytes 4K --events-max-files 3
+    # first the pod's failure, then enough healthy host traffic to rotate it out of the set
+    pod_client 1 --attempts 1
+    sleep 3
+    local i
+    for i in $(seq 12); do host_client --path /latest/meta-data/mac --path /latest/meta-data/instance-id; done
+    tracer_wait
+    expect_eq "the live diagnosis saw the pod fail: exit 3" "$TRACER_RC" "3"
+    local n=0 f big=0
+    for f in "$WORK"/ev.jsonl*; do
+        n=$((n + 1))
+        (($(stat -c %s "$f") <= 4096)) || big=$((big + 1))
+    done
+    expect_eq "at most 3 files (FILE, FILE.1, FILE.2)" "$n" "3"
+    expect_eq "none above 4 KiB" "$big" "0"
+    local rc=0
+    "$IMDSTRACE" report "$WORK/ev.jsonl" >"$WORK/report.txt" 2>"$WORK/report.err" || rc=$?
+    expect_grep "report reads the rotated set, oldest first" "$WORK/report.err" "ev.jsonl.2, .*ev.jsonl.1, .*ev.jsonl"
+    expect_grep "report says older transactions were rotated away" "$WORK/report.err" "rotated away"
+    if ! grep -q "testbed/pod1" "$WORK/report.txt"; then
+        # the failure is gone from the files: the report must not call that healthy
+        expect_no_grep "without the rotated-away part, the node is not called healthy" "$WORK/report.txt" "^Healthy"
+        expect_grep "the text itself says what it could not see" "$WORK/report.txt" "^PARTIAL: .*rotated away"
+        expect_eq "no failure in what was read: exit 0 (like lost events)" "$rc" "0"
+    else
+        fail "the pod's transactions should have been rotated away by 24 host transactions (increase the host load)"
+    fi
+    # a gap: FILE.1 missing, FILE.2 is not read, and that is said
+    rm -f "$WORK/ev.jsonl.1"
+    rc=0
+    "$IMDSTRACE" report "$WORK/ev.jsonl" >"$WORK/report-gap.txt" 2>"$WORK/report-gap.err" || rc=$?
+    expect_grep "a gap in the set is said aloud" "$WORK/report-gap.err" "ev.jsonl.1 is missing"
+    expect_grep "the gap is in the diagnosis too" "$WORK/report-gap.txt" "^PARTIAL: .*ev.jsonl.1 is missing"
+    expect_no_grep "a report with a gap never says healthy" "$WORK/report-gap.txt" "^Healthy"
+    "$IMDSTRACE" report -o json "$WORK/ev.jsonl" >"$WORK/report-gap.json" 2>/dev/null || true
+    expect_jq "JSON: partial says why" "$WORK/report-gap.json" '.partial | test("is missing")'
+    expect_clean "after diagnose exited"
+}
+
 SCENARIO=${1:-}
 case "${1:-}" in
 incident) scenario_incident ;;
-*) echo "usage: $0 incident" >&2; exit 2 ;;
+rotation) scenario_rotation ;;
+*) echo "usage: $0 incident|rotation" >&2; exit 2 ;;
 esac
 finish

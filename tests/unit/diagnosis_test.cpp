@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "sinks/text.hpp"
 #include "verdict/diagnosis.hpp"
 
 using namespace imdstrace;
@@ -381,6 +382,47 @@ TEST(Diagnosis, IncompleteWithOnlyAbsenceIsNoVerdict) {
     EXPECT_EQ(d.set_aside.other_namespaces, 3u);
     EXPECT_EQ(d.set_aside.socket_bookkeeping, 4u);
     EXPECT_EQ(d.set_aside.events_lost, 17u);
+}
+
+// A row never says more of its transactions were incomplete than it has: the
+// ones set aside (absence only) are counted apart, not in TX.
+TEST(Diagnosis, IncompleteCountsKeepJudgedAndSetAsideApart) {
+    DiagnosisBuilder b;
+    auto judged = rec(pod("a", "b"), "198.18.1.5:1", Verdict::ok, req("GET", "/latest/meta-data/mac"));
+    judged.incomplete = true;
+    judged.events_lost = 5;
+    b.add(judged);
+    b.add(rec(pod("a", "b"), "198.18.1.5:2", Verdict::ok, req("GET", "/latest/meta-data/mac")));
+    for (const char* c : {"198.18.1.5:3", "198.18.1.5:4", "198.18.1.5:5"}) {
+        auto aside = rec(pod("a", "b"), c, Verdict::no_response, req("PUT", "/latest/api/token"));
+        aside.incomplete = true;
+        aside.events_lost = 5;
+        b.add(aside);
+    }
+    auto d = b.build(1, {});
+    ASSERT_EQ(d.pods.size(), 1u);
+    EXPECT_EQ(d.pods[0].transactions, 2);
+    EXPECT_EQ(d.pods[0].incomplete, 1);
+    EXPECT_EQ(d.pods[0].incomplete_set_aside, 3);
+    EXPECT_EQ(d.set_aside.incomplete, 3u);
+    EXPECT_EQ(d.set_aside.incomplete_pods.at("a/b"), 4u);
+    auto text = format_diagnosis(d);
+    EXPECT_NE(text.find("1 of these open while events were lost; 3 more open then with no evidence, set aside"),
+              std::string::npos)
+        << text;
+}
+
+// A report over files that do not hold the whole window never says "Healthy".
+TEST(Diagnosis, PartialFilesAreNeverHealthy) {
+    DiagnosisBuilder b;
+    b.add(rec(pod("a", "b"), "198.18.1.5:1", Verdict::ok, req("GET", "/latest/meta-data/mac")));
+    auto d = b.build(10, {});
+    EXPECT_NE(format_diagnosis(d).find("Healthy"), std::string::npos);
+    d.partial = "events.jsonl.2 continues a file that was rotated away";
+    auto text = format_diagnosis(d);
+    EXPECT_EQ(text.find("Healthy"), std::string::npos) << text;
+    EXPECT_NE(text.find("PARTIAL: events.jsonl.2 continues a file that was rotated away"), std::string::npos) << text;
+    EXPECT_NE(text.find("partial, not healthy"), std::string::npos) << text;
 }
 
 TEST(Diagnosis, NodeLocalAgentFixNamesTheAgentNotImds) {

@@ -191,6 +191,32 @@ TEST(EventsRotation, CapsSizeAndCountAndReadsBackInOrder) {
     EXPECT_EQ(order.back(), 1'000'039) << "the newest transaction is in FILE";
     EXPECT_LT(order.size(), 40u) << "the oldest were dropped with the file beyond the count";
     EXPECT_EQ(rec.transactions, order.size());
+    EXPECT_TRUE(rec.continues_earlier) << "FILE.2 continues a file that was removed";
+    EXPECT_FALSE(rec.continued_at.empty());
+    std::filesystem::remove_all(dir);
+}
+
+// Nothing removed yet: the oldest file is the first one, so the set is whole;
+// read from FILE.1 on, it is not.
+TEST(EventsRotation, KnowsWhetherTheOldestFileReadIsTheFirst) {
+    auto dir = std::filesystem::temp_directory_path() / ("imdstrace-rot1-" + std::to_string(getpid()));
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+    const std::string file = (dir / "events.jsonl").string();
+    {
+        EventsFile ev(file, EventsRotation{4096, 10});
+        for (int i = 0; i < 12; ++i) ev.write(token_put("pod" + std::to_string(i), 1, Verdict::ok, 2));
+    }
+    auto set = rotated_set(file);
+    ASSERT_GE(set.size(), 3u);
+    std::uint64_t all = 0, part = 0;
+    auto whole = read_recordings(set, [&all](TransactionRecord&&) { ++all; });
+    EXPECT_FALSE(whole.continues_earlier) << "the oldest file read is the first one written";
+    EXPECT_EQ(all, 12u) << "rotation records are not transactions and not bad lines";
+    EXPECT_EQ(whole.skipped, 0u);
+    auto newer = read_recordings({set.begin() + 1, set.end()}, [&part](TransactionRecord&&) { ++part; });
+    EXPECT_TRUE(newer.continues_earlier) << "read from " << set[1];
+    EXPECT_LT(part, all);
     std::filesystem::remove_all(dir);
 }
 

@@ -308,11 +308,15 @@ int run_report(const std::vector<std::string>& given, const CommonArgs& a) {
     const auto files = given.size() == 1 ? rotated_set(given[0]) : given;
     if (files.size() > given.size())
         spdlog::info("reading the rotated set, oldest first: {}", join(files, ", "));
+    // Why the files read may not hold the whole window: said on stderr as it is found, and in
+    // the diagnosis itself (PARTIAL), which then never calls the node healthy.
+    std::string partial;
     if (given.size() == 1)
-        if (auto gap = rotated_gap(given[0], files.size()))
-            spdlog::warn("{}.{} is missing: {}.{} and older files are not read (a gap in the rotated set); the report "
-                         "covers {} only",
-                         given[0], *gap, given[0], *gap + 1, join(files, ", "));
+        if (auto gap = rotated_gap(given[0], files.size())) {
+            partial = fmt::format("{}.{} is missing: {}.{} and older files are not read (a gap in the rotated set)",
+                                  given[0], *gap, given[0], *gap + 1);
+            spdlog::warn("{}; the report covers {} only", partial, join(files, ", "));
+        }
     const std::string file = join(given, ", ");
     DiagnosisBuilder builder;
     auto rec = read_recordings(files, [&builder](TransactionRecord&& r) { builder.add(r); });
@@ -330,13 +334,19 @@ int run_report(const std::vector<std::string>& given, const CommonArgs& a) {
     builder.add_session_counts(rec.other_namespace_events, rec.socket_bookkeeping_frees, rec.events_lost,
                                rec.late_drops);
     builder.set_node_facts(rec.node);
-    // A rotated set keeps the newest files only: say what part of the
-    // sessions' time the transactions read here cover.
-    const double span_s = rec.first_ms ? (rec.last_ms - rec.first_ms) / 1000.0 : 0;
-    if (files.size() > 1 && rec.recorded_window > 0 && span_s < 0.9 * rec.recorded_window)
-        spdlog::warn("these files hold transactions of {:.1f} s ({} to {} UTC) of the {:.0f} s the sessions ran: older "
-                     "ones were rotated away (--events-max-files), and a failure among them is not in this report",
-                     span_s, iso8601_ms(rec.first_ms), iso8601_ms(rec.last_ms), rec.recorded_window);
+    // A rotated set keeps the newest files only: the oldest one read opens with a rotation
+    // record when the file before it was not read.
+    if (rec.continues_earlier && partial.empty()) {
+        const double span_s = rec.first_ms ? (rec.last_ms - rec.first_ms) / 1000.0 : 0;
+        partial = fmt::format("{} continues a file that was rotated away{} (--events-max-files, or not given here): "
+                              "its transactions are not in this report{}",
+                              files.front(), rec.continued_at.empty() ? "" : " at " + rec.continued_at,
+                              rec.recorded_window > 0
+                                  ? fmt::format("; the files read hold {:.1f} s of the {:.0f} s the sessions ran",
+                                                span_s, rec.recorded_window)
+                                  : "");
+        spdlog::warn("{}", partial);
+    }
     double window = rec.recorded_window > 0 ? rec.recorded_window
                     : rec.first_ms          ? (rec.last_ms - rec.first_ms) / 1000.0
                                             : 0;
@@ -347,7 +357,9 @@ int run_report(const std::vector<std::string>& given, const CommonArgs& a) {
         for (const auto& t : session_options(a, std::nullopt).targets) all.push_back(t.str());
     for (const auto& t : rec.servers)
         if (std::find(all.begin(), all.end(), t) == all.end()) all.push_back(t);
-    return print_diagnosis(builder.build(window, all), a.output);
+    auto d = builder.build(window, all);
+    d.partial = std::move(partial);
+    return print_diagnosis(d, a.output);
 }
 
 struct FleetArgs {
@@ -382,6 +394,11 @@ int run_fleet(const FleetArgs& f, const CommonArgs& a) {
 int main(int argc, char** argv) {
     CLI::App app{"imdstrace: why a pod cannot reach the instance metadata service, and what to change"};
     app.require_subcommand(0, 1);
+    // Set before the subcommands are added (they copy it): CLI11's own messages read like
+    // imdstrace's usage errors, "imdstrace: error: ..." then the hint.
+    app.failure_message([](const CLI::App* a, const CLI::Error& e) {
+        return "imdstrace: error: " + CLI::FailureMessage::simple(a, e);
+    });
     CommonArgs args;
 
     auto* watch = app.add_subcommand("watch", "Stream IMDS transactions live (default command)");

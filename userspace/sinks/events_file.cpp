@@ -6,8 +6,10 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <utility>
 
 #include "common/errors.hpp"
 #include "common/json_input.hpp"
@@ -41,6 +43,14 @@ void EventsFile::rotate() {
     file_.reset(std::fopen(path_.c_str(), "ae"));
     if (!file_) throw std::runtime_error("--events " + path_ + ": cannot start a new file: " + std::strerror(errno));
     size_ = 0;
+    // Said in the file itself: whoever reads from here on knows what came before is elsewhere.
+    const auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                         std::chrono::system_clock::now().time_since_epoch())
+                         .count();
+    write_line(dump_json(nlohmann::json{
+        {"schema", kRotationSchema},
+        {"ts", iso8601_ms(now)},
+        {"continues", rotation_.max_files == 1 ? nlohmann::json(nullptr) : nlohmann::json(path_ + ".1")}}));
 }
 
 void EventsFile::write_line(const std::string& line) {
@@ -94,6 +104,7 @@ Recording read_recording(std::istream& in, const std::string& name,
     bool too_long = false;
     std::uint64_t lineno = 0;
     std::set<std::string> targets_seen;
+    bool first_line = true;
     auto skip = [&](std::string_view why) {
         if (!rec.skipped++) rec.first_skipped = fmt::format("{}:{}: {}", name, lineno, capped(why));
     };
@@ -104,8 +115,18 @@ Recording read_recording(std::istream& in, const std::string& name,
             continue;
         }
         if (line.empty()) continue;
+        const bool first = std::exchange(first_line, false);
         try {
             auto j = parse_untrusted_json(line);
+            if (j.is_object() && j.contains("schema") && j["schema"] == kRotationSchema) {
+                // only the first line of a file opens a continuation; anywhere else
+                // (files concatenated) the lines before it are the earlier part
+                if (first) {
+                    rec.continues_earlier = true;
+                    if (j.contains("ts") && j["ts"].is_string()) rec.continued_at = capped(j["ts"].get<std::string>());
+                }
+                continue;
+            }
             if (j.is_object() && j.contains("schema") && j["schema"] == kSessionSchema) {
                 const auto& w = j.contains("window_s") ? j["window_s"] : nlohmann::json();
                 if (!w.is_number() || !(w.get<double>() >= 0 && w.get<double>() <= 10.0 * 365 * 86400))
@@ -189,6 +210,10 @@ Recording read_recordings(const std::vector<std::string>& files, const std::func
         std::ifstream in(file);
         if (!in) throw UsageError("report: cannot read " + file + ": " + std::strerror(errno));
         auto r = read_recording(in, file, add);
+        if (&file == &files.front()) {
+            all.continues_earlier = r.continues_earlier;
+            all.continued_at = r.continued_at;
+        }
         all.recorded_window += r.recorded_window;
         for (const auto& t : r.recorded_targets)
             if (targets.insert(t).second) all.recorded_targets.push_back(t);

@@ -26,6 +26,8 @@ namespace imdstrace {
 // FILE.1 becomes FILE.2, ..., FILE.<max_files-1> is removed, and a new FILE
 // is started.  So at most `max_files` files and about `max_bytes` each
 // (a single line longer than that still gets written, alone in its file).
+// Every file started by a rotation opens with an imdstrace.rotation/v1
+// line, so `report` knows when the oldest file it reads is not the first.
 struct EventsRotation {
     std::uint64_t max_bytes = 0;  // 0 = never rotate
     unsigned max_files = 10;      // FILE and FILE.1 .. FILE.<max_files-1>
@@ -67,6 +69,11 @@ struct Recording {
     // What the recorded sessions set aside, and the node's facts (the last trailer's).
     std::uint64_t other_namespace_events = 0, socket_bookkeeping_frees = 0, events_lost = 0, late_drops = 0;
     NodeFacts node;
+    // The first file read opens with a rotation record: the file it
+    // continues (and its transactions) was not read; `continued_at` is when
+    // that file was closed (the record's "ts").
+    bool continues_earlier = false;
+    std::string continued_at;
 };
 
 // A rotated set, oldest first: FILE.N, ..., FILE.1, FILE (the numbers that

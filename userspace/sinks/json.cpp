@@ -293,6 +293,7 @@ NodeFacts node_facts_from_json(const json& j) {
 json to_json(const Diagnosis& d) {
     json j;
     j["schema"] = kDiagnosisSchema;
+    j["partial"] = d.partial.empty() ? json(nullptr) : json(d.partial);
     j["window_s"] = d.window_s;
     j["transactions"] = d.transactions;
     j["node"] = {{"hop_limit_observed", optional_int(d.hop_limit_observed)}, {"targets", d.targets}};
@@ -311,7 +312,8 @@ json to_json(const Diagnosis& d) {
                 {"transactions", p.transactions},
                 {"verdicts", verdicts},
                 {"verdict", std::string(to_string(p.verdict))},
-                {"incomplete", p.incomplete}};
+                {"incomplete", p.incomplete},
+                {"incomplete_set_aside", p.incomplete_set_aside}};
         if (!p.pod) pj["cgroup"] = p.cgroup.empty() ? json(nullptr) : json(p.cgroup);
         pods.push_back(pj);
     }

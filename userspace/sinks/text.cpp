@@ -143,6 +143,7 @@ std::string format_diagnosis(const Diagnosis& d, TextStyle style) {
                            *d.hop_limit_observed);
     else
         out += "node: IMDS hop limit not observed (no 200 answer to a token PUT reached the uplink)\n";
+    if (!d.partial.empty()) out += fmt::format("PARTIAL: {}\n", terminal_safe(d.partial));
     out += set_aside_text(d.set_aside);
     if (d.pods.empty()) {
         out += "\nNo metadata traffic seen. Is anything on this node calling IMDS? Try `imdstrace probe`.\n";
@@ -159,7 +160,13 @@ std::string format_diagnosis(const Diagnosis& d, TextStyle style) {
         const auto& p = d.pods[i];
         std::string by;
         for (const auto& [v, n] : p.verdicts) by += fmt::format("{}{} {}", by.empty() ? "" : ", ", n, to_string(v));
-        if (p.incomplete) by += fmt::format(" (INCOMPLETE: {} open while events were lost)", p.incomplete);
+        if (p.incomplete || p.incomplete_set_aside)
+            by += fmt::format(" (INCOMPLETE: {}{}{})",
+                              p.incomplete ? fmt::format("{} of these open while events were lost", p.incomplete) : "",
+                              p.incomplete && p.incomplete_set_aside ? "; " : "",
+                              p.incomplete_set_aside ? fmt::format("{} more open then with no evidence, set aside",
+                                                                   p.incomplete_set_aside)
+                                                     : "");
         std::string who = fit(subjects[i], width);
         out += fmt::format("{}  {:<{}}  {:>4}  {:>5}  {:>3}  {}\n",
                            paint(fmt::format("{:<18}", to_string(p.verdict)), p.verdict, style), who, width, opt(p.hops),
@@ -176,7 +183,10 @@ std::string format_diagnosis(const Diagnosis& d, TextStyle style) {
                            safe_list(w.pods), terminal_safe(w.message), indent_fix(w.fix));
     }
     if (d.findings.empty()) {
-        if (d.set_aside.events_lost)
+        if (!d.partial.empty())
+            out += "\nNo failure in what was read, but the files do not hold the whole window: partial, not healthy "
+                   "(see PARTIAL).\n";
+        else if (d.set_aside.events_lost)
             out += "\nNo failure in what was seen, but events were lost: incomplete, not healthy (see INCOMPLETE).\n";
         else
             out += d.warnings.empty() ? "\nHealthy: every transaction was answered and delivered.\n"

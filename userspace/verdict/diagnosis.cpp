@@ -308,6 +308,7 @@ std::vector<PodSummary> summarize_pods(const std::vector<TransactionRecord>& rec
         if (r.verdict == Verdict::hop_limit_exceeded && r.required_hop_limit)
             ran_out[subject] = std::max(ran_out[subject], *r.required_hop_limit);
         ++p.transactions;
+        if (r.incomplete && r.events_lost) ++p.incomplete;
         ++p.verdicts[r.verdict];
         if (severity(r.verdict) > severity(p.verdict)) p.verdict = r.verdict;
     }
@@ -540,9 +541,11 @@ Diagnosis DiagnosisBuilder::build(double window_s, std::vector<std::string> targ
     d.transactions = static_cast<int>(records_.size());
     d.hop_limit_observed = observed_hop_limit(records_);
     d.pods = summarize_pods(records_);
+    // incomplete_pods counts judged and set-aside ones alike; the rows keep them apart, so a row
+    // never says more transactions were incomplete than it has
     for (auto& p : d.pods)
         if (auto it = set_aside_.incomplete_pods.find(p.subject); it != set_aside_.incomplete_pods.end())
-            p.incomplete = static_cast<int>(it->second);
+            p.incomplete_set_aside = static_cast<int>(it->second) - p.incomplete;
     d.node = node_;
     d.findings = build_findings(records_, d.hop_limit_observed, node_);
     d.warnings = hop_budget_warnings(d.pods, d.hop_limit_observed);

@@ -24,9 +24,12 @@ struct PodSummary {
     int transactions = 0;
     std::map<Verdict, int> verdicts;
     Verdict verdict = Verdict::ok;
-    // Its transactions that were open while events were lost (judged or
-    // set aside): its figures may miss what was lost.
+    // Of its `transactions`, those open while events were lost: judged on
+    // their own evidence, but what was lost may be missing from them.
     int incomplete = 0;
+    // Its transactions open while events were lost that had nothing but
+    // absence as evidence: set aside, not in `transactions`.
+    int incomplete_set_aside = 0;
 };
 
 struct Finding {
@@ -86,6 +89,10 @@ struct Diagnosis {
     SetAside set_aside;
     NodeFacts node;
     int transactions = 0;  // the ones judged (set-aside ones not counted)
+    // Set by `report` when the files read do not hold the whole of the
+    // sessions' window (older rotated files removed, a gap in the set): why,
+    // in one sentence.  Then no failure found is not "healthy".
+    std::string partial;
 
     bool failing() const;
 };

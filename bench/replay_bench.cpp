@@ -1,7 +1,7 @@
 // imdstrace-replay: the aggregator's cost without a kernel.
 //
 //   imdstrace-replay synthesize FILE [--transactions N] [--rate TX_PER_S] [--clients C] [--failing PCT]
-//   imdstrace-replay run FILE [--passes K] [--batch B] [--pad BYTES]
+//   imdstrace-replay run FILE [--passes K] [--batch B] [--pad BYTES] [--diagnose 1]
 //
 // `synthesize` writes a recording of ring records exactly as the BPF programs
 // lay them out (bpf/imdstrace.h: the 128-byte header, then the payload tail),
@@ -19,7 +19,9 @@
 // client addresses moved on each pass so every pass is new connections, and
 // prints events per CPU-second and resident memory.  --pad 640 hands every
 // record over padded to the old fixed slot (to compare with builds that
-// expect it).  Not a test: it prints figures.
+// expect it).  --diagnose 1 also hands every record to a DiagnosisBuilder, as
+// `imdstrace diagnose` does for its whole window, and prints how many
+// records it keeps and the memory that takes.  Not a test: it prints figures.
 #include <malloc.h>
 #include <sys/resource.h>
 #include <time.h>
@@ -36,23 +38,33 @@
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "correlate/correlator.hpp"
 #include "decode/observation.hpp"
 #include "imdstrace.h"
 #include "pipeline/attribute.hpp"
 #include "pods/select.hpp"
+#include "verdict/diagnosis.hpp"
 #include "verdict/verdict.hpp"
 
 using namespace imdstrace;
 
 namespace {
 
-constexpr char kMagic[8] = {'I', 'M', 'D', 'S', 'R', 'E', 'C', '1'};
-// Record bounds: the 128-byte header, at most 512 payload bytes.  Literal, so
-// that this file also builds against the tree before compact records
-// (-DIMDSTRACE_REPLAY_BASE: its imds_event was the fixed 640-byte slot).
+// The file: magic, the header size it was written with (u32), then records.
+// A recording made by another layout is refused, not replayed as garbage
+// (every record malformed made a bogus "events per CPU-second" once).
+constexpr char kMagic[8] = {'I', 'M', 'D', 'S', 'R', 'E', 'C', '2'};
+#ifdef IMDSTRACE_REPLAY_BASE
+// The tree before compact records: its imds_event was the fixed 640-byte
+// slot, 128 bytes of header then the payload.
 constexpr std::size_t kHeaderBytes = 128;
 constexpr std::size_t kMaxRecordBytes = 640;
+#else
+constexpr std::size_t kHeaderBytes = sizeof(imds_event);
+constexpr std::size_t kMaxRecordBytes = sizeof(imds_event) + IMDS_PAYLOAD_MAX;
+#endif
 constexpr std::uint64_t kMs = 1'000'000;
 constexpr std::uint32_t kReasonIpInhdr = 5;             // what this kernel's enum numbers it does not matter:
 constexpr std::uint64_t kIpForward = 0xffffffff81a00000; // the namers below are the bench's own
@@ -217,6 +229,8 @@ int synthesize(const std::string& file, long transactions, double rate, int clie
     std::ofstream out(file, std::ios::binary | std::ios::trunc);
     if (!out) throw std::runtime_error("cannot write " + file);
     out.write(kMagic, sizeof(kMagic));
+    const std::uint32_t header = kHeaderBytes;
+    out.write(reinterpret_cast<const char*>(&header), 4);
     std::size_t bytes = 0;
     for (const auto& r : s.out) {
         const std::uint32_t n = static_cast<std::uint32_t>(r.bytes.size());
@@ -237,7 +251,13 @@ std::vector<std::vector<std::uint8_t>> load(const std::string& file) {
     std::ifstream in(file, std::ios::binary);
     char magic[8];
     if (!in.read(magic, 8) || std::memcmp(magic, kMagic, 8) != 0)
-        throw std::runtime_error(file + ": not an imdstrace-replay recording");
+        throw std::runtime_error(file + ": not an imdstrace-replay recording (or one from before the header size was "
+                                        "recorded): synthesize it again with this build");
+    std::uint32_t header = 0;
+    if (!in.read(reinterpret_cast<char*>(&header), 4) || header != kHeaderBytes)
+        throw std::runtime_error(fmt::format("{}: recorded with {}-byte record headers, this build's are {}: synthesize "
+                                             "it again with this build",
+                                             file, header, kHeaderBytes));
     std::vector<std::vector<std::uint8_t>> recs;
     std::uint32_t n;
     while (in.read(reinterpret_cast<char*>(&n), 4)) {
@@ -272,7 +292,7 @@ void shift(std::vector<std::uint8_t>& r, std::uint64_t dt, int p) {
     if (e->hook != IMDS_HOOK_CONNECT) client[2] = static_cast<std::uint8_t>(1 + p % 200);
 }
 
-int run(const std::string& file, int passes, int batch, std::size_t pad) {
+int run(const std::string& file, int passes, int batch, std::size_t pad, bool diagnose) {
     const long rss_start = status_kb("VmRSS:");
     auto recs = load(file);
     if (recs.empty()) throw std::runtime_error(file + ": no records");
@@ -287,10 +307,12 @@ int run(const std::string& file, int passes, int batch, std::size_t pad) {
     auto none = make_pod_resolver(PodSelection::parse("none"), PodResolverSettings{});
     std::uint64_t transactions = 0, malformed = 0;
     std::map<Verdict, std::uint64_t> verdicts;
+    DiagnosisBuilder builder;
     Correlator corr(
         [&](Transaction&& t) {
             auto r = attribute(t, 0, [](std::uint64_t) { return std::string("/kubepods.slice/pod-a"); }, *none);
             ++verdicts[r.verdict];
+            if (diagnose) builder.add(r);
             ++transactions;
         },
         [](std::uint32_t r) { return r == kReasonIpInhdr ? std::string("IP_INHDR") : "REASON_" + std::to_string(r); },
@@ -334,6 +356,10 @@ int run(const std::string& file, int passes, int batch, std::size_t pad) {
     malloc_trim(0);  // what the process still holds, not what the allocator keeps cached
     const long rss_after = status_kb("VmRSS:");
 
+    if (malformed)
+        throw std::runtime_error(fmt::format("{} of {} records did not decode: no figures from them (a recording of "
+                                             "another layout?)",
+                                             malformed, events));
     std::printf("replay %s: %d passes x %zu records (batch %d a wakeup)%s\n", file.c_str(), passes,
                 events / std::max(passes, 1), batch, pad ? " padded to 640 bytes" : "");
     std::printf("  events              %llu (%llu malformed)\n", static_cast<unsigned long long>(events),
@@ -348,6 +374,16 @@ int run(const std::string& file, int passes, int batch, std::size_t pad) {
 #ifndef IMDSTRACE_REPLAY_BASE
     std::printf("  connections left    %zu\n", corr.remembered_connections());
 #endif
+    if (diagnose) {
+        const double c0 = cpu_seconds();
+        auto d = builder.build(1, {});
+        std::printf("  diagnosis           %d transactions judged, %zu records kept, %zu pods, %zu findings, "
+                    "built in %.3f s\n",
+                    d.transactions, builder.records().size(), d.pods.size(), d.findings.size(), cpu_seconds() - c0);
+        std::printf("RESULT replay_diagnose transactions=%d records_kept=%zu rss_after_kb=%ld\n", d.transactions,
+                    builder.records().size(), rss_after);
+        return 0;
+    }
     std::printf("RESULT replay events_per_cpu_s=%.0f rss_peak_kb=%ld rss_growth_kb=%ld rss_after_kb=%ld\n",
                 events / cpu, rss_peak_run, rss_peak_run - rss_loaded, rss_after);
     return 0;
@@ -357,7 +393,7 @@ int usage() {
     std::fprintf(stderr,
                  "usage: imdstrace-replay synthesize FILE [--transactions N] [--rate TX_PER_S] [--clients C] "
                  "[--failing PCT]\n"
-                 "       imdstrace-replay run FILE [--passes K] [--batch B] [--pad BYTES]\n");
+                 "       imdstrace-replay run FILE [--passes K] [--batch B] [--pad BYTES] [--diagnose 1]\n");
     return 2;
 }
 
@@ -366,7 +402,7 @@ int usage() {
 int main(int argc, char** argv) {
     if (argc < 3) return usage();
     const std::string cmd = argv[1], file = argv[2];
-    long transactions = 20000, passes = 10, batch = 32, clients = 8, failing = 10, pad = 0;
+    long transactions = 20000, passes = 10, batch = 32, clients = 8, failing = 10, pad = 0, diagnose = 0;
     double rate = 4000;
     for (int i = 3; i + 1 < argc; i += 2) {
         std::string k = argv[i];
@@ -378,6 +414,7 @@ int main(int argc, char** argv) {
         else if (k == "--passes") passes = std::atol(v);
         else if (k == "--batch") batch = std::atol(v);
         else if (k == "--pad") pad = std::atol(v);
+        else if (k == "--diagnose") diagnose = std::atol(v);
         else return usage();
     }
     if (transactions <= 0 || rate <= 0 || clients <= 0 || passes <= 0 || batch <= 0 || failing < 0 || failing > 100 ||
@@ -385,7 +422,9 @@ int main(int argc, char** argv) {
         return usage();
     try {
         if (cmd == "synthesize") return synthesize(file, transactions, rate, static_cast<int>(clients), static_cast<int>(failing));
-        if (cmd == "run") return run(file, static_cast<int>(passes), static_cast<int>(batch), static_cast<std::size_t>(pad));
+        if (cmd == "run")
+            return run(file, static_cast<int>(passes), static_cast<int>(batch), static_cast<std::size_t>(pad),
+                       diagnose != 0);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "imdstrace-replay: %s\n", e.what());
         return 1;

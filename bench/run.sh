@@ -35,7 +35,8 @@ else
     "$BUILD/bench/imdstrace-replay" synthesize "$OUT.rec" --transactions 20000 >&2
     run replay "$BUILD/bench/imdstrace-replay" run "$OUT.rec" --passes 10
     if [[ -n "${REPLAY_BASE:-}" ]]; then
-        "$REPLAY_BASE" run "$OUT.rec" --passes 10 --pad 640 2>&1 | sed 's/^RESULT replay /RESULT replay_base /' |
+        "$REPLAY_BASE" synthesize "$OUT.base.rec" --transactions 20000 >&2
+        "$REPLAY_BASE" run "$OUT.base.rec" --passes 10 --pad 640 2>&1 | sed 's/^RESULT replay /RESULT replay_base /' |
             tee -a /dev/stderr | grep '^RESULT ' >>"$OUT"
     fi
     run burst "$REPO/bench/burst.sh"

@@ -2,8 +2,11 @@
 // findings and the fix.
 #include <gtest/gtest.h>
 
+#include <random>
 #include <string>
 
+#include "sinks/escape.hpp"
+#include "sinks/json.hpp"
 #include "sinks/text.hpp"
 #include "verdict/diagnosis.hpp"
 
@@ -423,6 +426,103 @@ TEST(Diagnosis, PartialFilesAreNeverHealthy) {
     EXPECT_EQ(text.find("Healthy"), std::string::npos) << text;
     EXPECT_NE(text.find("PARTIAL: events.jsonl.2 continues a file that was rotated away"), std::string::npos) << text;
     EXPECT_NE(text.find("partial, not healthy"), std::string::npos) << text;
+}
+
+// Repeats are counted, not kept: the diagnosis of a long window of the same
+// traffic costs what one of each kind costs.
+TEST(Diagnosis, RepeatsAreCountedNotKept) {
+    DiagnosisBuilder b;
+    for (int i = 0; i < 100000; ++i) {
+        auto t = ok_get(pod("a", "b"), "198.18.1.5:1", i % 2 == 0);
+        t.client.port = static_cast<std::uint16_t>(1024 + i % 60000);
+        t.wall_ms = 1'000'000 + i;
+        t.duration_ms = i % 7;
+        b.add(t);
+        if (i % 10 == 0) {
+            auto f = hop_failure(pod("a", "c"), "198.18.1.6:1");
+            f.client.port = static_cast<std::uint16_t>(1024 + i % 60000);
+            b.add(f);
+        }
+    }
+    EXPECT_LE(b.records().size(), 3u) << "two kinds of GET and one failure";
+    EXPECT_EQ(b.transactions(), 110000u);
+    auto d = b.build(60, {});
+    EXPECT_EQ(d.transactions, 110000);
+    ASSERT_EQ(d.findings.size(), 1u);
+    EXPECT_NE(d.findings[0].evidence.find("10000 transactions"), std::string::npos) << d.findings[0].evidence;
+    EXPECT_NE(d.findings[0].evidence.find("30000 drops reason IP_INHDR"), std::string::npos) << d.findings[0].evidence;
+    EXPECT_NE(d.findings[0].evidence.find("20000 ICMP"), std::string::npos) << d.findings[0].evidence;
+    const auto* p = find_pod(d, "a/b");
+    ASSERT_NE(p, nullptr);
+    EXPECT_EQ(p->transactions, 100000);
+    EXPECT_EQ(p->verdicts.at(Verdict::ok), 100000);
+}
+
+// Folding changes nothing a user sees: random mixes of every kind of record,
+// diagnosed with and without it, print the same text and the same JSON.
+TEST(Diagnosis, FoldingRepeatsChangesNothingPrinted) {
+    std::mt19937 rng(20261130);
+    auto pick = [&rng](int n) { return static_cast<int>(rng() % static_cast<unsigned>(n)); };
+    std::size_t folded_total = 0, kept_total = 0;
+    for (int round = 0; round < 40; ++round) {
+        DiagnosisBuilder folded, kept(false);
+        const int n = 50 + pick(400);
+        for (int i = 0; i < n; ++i) {
+            std::optional<PodInfo> who;
+            if (int k = pick(5); k < 3) who = pod("ns" + std::to_string(k % 2), "p" + std::to_string(k));
+            if (who && pick(4) == 0) who->container = "c" + std::to_string(pick(2));
+            std::string client = "198.18.1." + std::to_string(5 + pick(3)) + ":" + std::to_string(1000 + i);
+            TransactionRecord t;
+            switch (pick(6)) {
+            case 0: t = hop_failure(who, client.c_str(), 1 + pick(2), 1 + pick(2)); break;
+            case 1: t = ok_get(who, client.c_str(), pick(2) == 0, 1 + pick(64), 1 + pick(2)); break;
+            case 2: {
+                t = rec(who, client.c_str(), Verdict::ok, req("PUT", "/latest/api/token"));
+                t.status = 200;
+                t.ttl_at_node = 1 + pick(3);
+                t.hops = pick(3);
+                t.hops_inferred = pick(2) == 0;
+                break;
+            }
+            case 3: {
+                const Verdict vs[] = {Verdict::token_required, Verdict::forbidden, Verdict::no_response,
+                                      Verdict::refused, Verdict::dropped, Verdict::not_found};
+                t = rec(who, client.c_str(), vs[pick(6)], req("GET", "/latest/meta-data/iam/info", pick(2) == 0));
+                if (pick(3) == 0) t.drops.push_back(DropRecord{"NETFILTER_DROP", "nf_hook_slow", 63, false,
+                                                               static_cast<std::uint32_t>(1 + pick(3)), 0, {}});
+                if (pick(4) == 0) t.redirected_to = Endpoint::parse("198.18.0.2:8181", 0);
+                if (pick(5) == 0) t.reached_uplink = false;
+                t.evidence = "evidence " + std::to_string(pick(3));
+                break;
+            }
+            case 4: {
+                t = rec(who, client.c_str(), Verdict::ok, req("GET", "/latest/meta-data/mac"));
+                t.incomplete = true;
+                t.events_lost = static_cast<std::uint64_t>(1 + pick(9));
+                break;
+            }
+            default: {
+                t = rec(who, client.c_str(), Verdict::no_response, req("PUT", "/latest/api/token"));
+                t.incomplete = pick(2) == 0;
+                t.events_lost = static_cast<std::uint64_t>(pick(3));
+                t.target_on_node = pick(3) == 0;
+            }
+            }
+            if (!who && pick(2) == 0) t.cgroup = "/host" + std::to_string(pick(2));
+            t.wall_ms = 1'000'000 + i * 10;
+            t.duration_ms = pick(1000);
+            t.retransmits = static_cast<std::uint32_t>(pick(3));
+            folded.add(t);
+            kept.add(t);
+        }
+        const auto a = folded.build(30, {"169.254.169.254:80"});
+        const auto b = kept.build(30, {"169.254.169.254:80"});
+        EXPECT_EQ(format_diagnosis(a), format_diagnosis(b)) << "round " << round;
+        EXPECT_EQ(dump_json(to_json(a)), dump_json(to_json(b))) << "round " << round;
+        folded_total += folded.records().size();
+        kept_total += kept.records().size();
+    }
+    EXPECT_LT(folded_total, kept_total * 9 / 10) << "the mixes repeat: some records fold";
 }
 
 TEST(Diagnosis, NodeLocalAgentFixNamesTheAgentNotImds) {

@@ -150,7 +150,7 @@ TEST(Recording, TruncatedLastLineIsSkippedAndCounted) {
     EXPECT_EQ(rec.transactions, 10u);
     EXPECT_EQ(rec.skipped, 1u);
     EXPECT_NE(rec.first_skipped.find("truncated_last.jsonl:11:"), std::string::npos) << rec.first_skipped;
-    EXPECT_EQ(b.records().size(), 10u);
+    EXPECT_EQ(b.transactions(), 10u);
 }
 
 TEST(Recording, OutOfRangeNumbersAreRefusedNotWrapped) {

@@ -282,11 +282,14 @@ std::optional<int> observed_hop_limit(const std::vector<TransactionRecord>& reco
 }
 
 // One summary per subject (pod, cgroup or client address), worst first.
-std::vector<PodSummary> summarize_pods(const std::vector<TransactionRecord>& records) {
+std::vector<PodSummary> summarize_pods(const std::vector<TransactionRecord>& records,
+                                       const std::vector<std::uint64_t>& weights) {
     std::map<std::string, PodSummary> pods;
     std::set<std::string> exact_hops;  // subjects whose hops were measured, not inferred
     std::map<std::string, int> ran_out;  // subject -> hop limit its failed connections' own evidence asks for
-    for (const auto& r : records) {
+    for (std::size_t i = 0; i < records.size(); ++i) {
+        const auto& r = records[i];
+        const int w = static_cast<int>(weights[i]);
         auto subject = r.subject();
         auto& p = pods[subject];
         p.subject = subject;
@@ -307,9 +310,9 @@ std::vector<PodSummary> summarize_pods(const std::vector<TransactionRecord>& rec
         // with a TTL above its measured distance) raises the pod's figure.
         if (r.verdict == Verdict::hop_limit_exceeded && r.required_hop_limit)
             ran_out[subject] = std::max(ran_out[subject], *r.required_hop_limit);
-        ++p.transactions;
-        if (r.incomplete && r.events_lost) ++p.incomplete;
-        ++p.verdicts[r.verdict];
+        p.transactions += w;
+        if (r.incomplete && r.events_lost) p.incomplete += w;
+        p.verdicts[r.verdict] += w;
         if (severity(r.verdict) > severity(p.verdict)) p.verdict = r.verdict;
     }
     // Worst first, by name within a verdict: one bucket per severity keeps
@@ -332,20 +335,22 @@ std::vector<PodSummary> summarize_pods(const std::vector<TransactionRecord>& rec
 
 // The records of one verdict, folded: what a finding is built from.
 struct VerdictGroup {
-    std::vector<const TransactionRecord*> records;
+    std::vector<const TransactionRecord*> records;  // kept records, first-seen order
+    std::uint64_t transactions = 0;                 // the transactions they stand for
     std::vector<std::string> subjects;  // first-seen order
     std::set<std::string> subject_set;
     std::map<std::string, std::uint64_t> drop_totals;  // "reason X at Y (TTL n)" -> drops
     std::uint64_t icmp = 0;
 
-    void add(const TransactionRecord& r) {
+    void add(const TransactionRecord& r, std::uint64_t weight) {
         records.push_back(&r);
+        transactions += weight;
         if (subject_set.insert(r.subject()).second) subjects.push_back(r.subject());
         for (const auto& dr : r.drops)
             if (!endpoint_bookkeeping(dr))
                 drop_totals[fmt::format("{}{} at {} (TTL {})", dr.reason.empty() ? "" : "reason ", dr.reason,
-                                        dr.location, dr.ttl)] += dr.count;
-        icmp += r.icmp_time_exceeded;
+                                        dr.location, dr.ttl)] += dr.count * weight;
+        icmp += r.icmp_time_exceeded * weight;
     }
     std::string drops() const {
         std::string out;
@@ -353,7 +358,7 @@ struct VerdictGroup {
         return out;
     }
     std::string count_text() const {
-        return fmt::format("{} transaction{}", records.size(), records.size() == 1 ? "" : "s");
+        return fmt::format("{} transaction{}", transactions, transactions == 1 ? "" : "s");
     }
 };
 
@@ -460,11 +465,12 @@ std::string path_kind(const TransactionRecord& r) {
     return r.target_on_node ? "agent" : "";
 }
 
-std::vector<Finding> build_findings(const std::vector<TransactionRecord>& records, std::optional<int> hop_limit_observed,
+std::vector<Finding> build_findings(const std::vector<TransactionRecord>& records,
+                                    const std::vector<std::uint64_t>& weights, std::optional<int> hop_limit_observed,
                                     const NodeFacts& node) {
     std::map<std::pair<Verdict, std::string>, VerdictGroup> groups;
-    for (const auto& r : records)
-        if (r.verdict != Verdict::ok) groups[{r.verdict, path_kind(r)}].add(r);
+    for (std::size_t i = 0; i < records.size(); ++i)
+        if (records[i].verdict != Verdict::ok) groups[{records[i].verdict, path_kind(records[i])}].add(records[i], weights[i]);
     std::vector<std::pair<Verdict, const VerdictGroup*>> order;
     for (const auto& [k, g] : groups) order.emplace_back(k.first, &g);
     std::stable_sort(order.begin(), order.end(),
@@ -498,6 +504,45 @@ std::vector<Warning> hop_budget_warnings(const std::vector<PodSummary>& pods, st
     return {std::move(w)};
 }
 
+// What a diagnosis reads of a record beyond the first of its kind, as one
+// string: records with equal keys change nothing but the counts.  Left out:
+// wall_ms, the client port, process, evidence (read from a group's first
+// record only, which is always kept), retransmits, duration_ms and the
+// events_lost figure (only whether any were lost counts).
+std::string fold_key(const TransactionRecord& r) {
+    // A new field must be placed: read by the diagnosis (add it here) or not.
+#if defined(__GLIBCXX__) && defined(__LP64__)
+    static_assert(sizeof(TransactionRecord) == 720, "TransactionRecord changed: place the new field in fold_key");
+#endif
+    fmt::memory_buffer k;
+    auto out = std::back_inserter(k);
+    auto opt = [](const auto& v) { return v ? fmt::format("{}", *v) : std::string("-"); };
+    auto ep = [](const std::optional<Endpoint>& e) { return e ? e->str() : std::string("-"); };
+    fmt::format_to(out, "{}|{}|{}|{}|{}|", r.subject(), r.cgroup, r.client.addr.str(), r.server.str(),
+                   static_cast<int>(r.verdict));
+    if (r.pod) {
+        fmt::format_to(out, "pod:{}/{}/{}/{}/{}/", r.pod->namespace_, r.pod->name, r.pod->uid, r.pod->container,
+                       r.pod->cgroup);
+        for (const auto& ip : r.pod->ips) fmt::format_to(out, "{},", ip.str());
+    }
+    if (r.request)
+        fmt::format_to(out, "|req:{} {} {} {}{}{}{}{}", r.request->method, r.request->path,
+                       r.request->absolute_authority, r.request->token, r.request->token_ttl,
+                       r.request->forwarded_for, r.request->headers_complete, r.request->head_cut);
+    fmt::format_to(out, "|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|", opt(r.status), opt(r.ttl_at_node), opt(r.hops),
+                   r.hops_inferred, opt(r.required_hop_limit), r.icmp_time_exceeded, r.incomplete,
+                   r.events_lost > 0, r.target_on_node, ep(r.redirected_to), ep(r.via_proxy), opt(r.connect_errno));
+    fmt::format_to(out, "{}|", r.reached_uplink ? (*r.reached_uplink ? "1" : "0") : "-");
+    if (r.answered_by)
+        fmt::format_to(out, "ans:{} {} {} {} {}|", r.answered_by->socket.str(), r.answered_by->cgroup_id,
+                       r.answered_by->in_client_pod, r.answered_by->process ? r.answered_by->process->pid : 0,
+                       r.answered_by->process ? r.answered_by->process->comm : "");
+    for (const auto& d : r.drops)
+        fmt::format_to(out, "drop:{} {} {} {} {} {} {} {} {} {}|", d.reason, d.location, d.ttl, d.response, d.count,
+                       d.netns, d.place, ep(d.rewritten), d.rewritten_to_node, d.device);
+    return fmt::to_string(k);
+}
+
 }  // namespace
 
 std::string set_aside_reason(const TransactionRecord& r) {
@@ -522,7 +567,16 @@ void DiagnosisBuilder::add(const TransactionRecord& r) {
         ++set_aside_.incomplete;
         return;
     }
+    ++transactions_;
+    if (fold_) {
+        auto [it, fresh] = kept_.try_emplace(fold_key(r), records_.size());
+        if (!fresh) {
+            ++weights_[it->second];
+            return;
+        }
+    }
     records_.push_back(r);
+    weights_.push_back(1);
 }
 
 void DiagnosisBuilder::add_session_counts(std::uint64_t other_namespaces, std::uint64_t socket_bookkeeping,
@@ -538,16 +592,16 @@ Diagnosis DiagnosisBuilder::build(double window_s, std::vector<std::string> targ
     d.set_aside = set_aside_;
     d.window_s = window_s;
     d.targets = std::move(targets);
-    d.transactions = static_cast<int>(records_.size());
+    d.transactions = static_cast<int>(std::min<std::uint64_t>(transactions_, INT32_MAX));
     d.hop_limit_observed = observed_hop_limit(records_);
-    d.pods = summarize_pods(records_);
+    d.pods = summarize_pods(records_, weights_);
     // incomplete_pods counts judged and set-aside ones alike; the rows keep them apart, so a row
     // never says more transactions were incomplete than it has
     for (auto& p : d.pods)
         if (auto it = set_aside_.incomplete_pods.find(p.subject); it != set_aside_.incomplete_pods.end())
             p.incomplete_set_aside = static_cast<int>(it->second) - p.incomplete;
     d.node = node_;
-    d.findings = build_findings(records_, d.hop_limit_observed, node_);
+    d.findings = build_findings(records_, weights_, d.hop_limit_observed, node_);
     d.warnings = hop_budget_warnings(d.pods, d.hop_limit_observed);
     return d;
 }

@@ -7,6 +7,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "verdict/drop_fix.hpp"
@@ -97,8 +98,14 @@ struct Diagnosis {
     bool failing() const;
 };
 
+// Memory grows with what differs, not with the window: a judged record that
+// repeats an earlier one in everything a diagnosis reads (subject, request,
+// answer, verdict, path, drops; not its time, client port, duration or
+// evidence text) is counted on that one instead of kept.  The diagnosis is
+// the same either way (the first record of a kind stays the example).
 class DiagnosisBuilder {
 public:
+    explicit DiagnosisBuilder(bool fold_repeats = true) : fold_(fold_repeats) {}
     // Judged records are kept; those of connections opened before tracing,
     // and incomplete ones with nothing but absence as evidence, are set aside.
     void add(const TransactionRecord& r);
@@ -108,10 +115,18 @@ public:
                             std::uint64_t late_drops = 0);
     void set_node_facts(const NodeFacts& node) { node_ = node; }
     Diagnosis build(double window_s, std::vector<std::string> targets) const;
+    // The records kept: every judged one that differs, in first-seen order
+    // (repeats are counted on these, not kept).
     const std::vector<TransactionRecord>& records() const { return records_; }
+    // Judged transactions added (kept or counted on a kept one).
+    std::uint64_t transactions() const { return transactions_; }
 
 private:
+    bool fold_ = true;
     std::vector<TransactionRecord> records_;
+    std::vector<std::uint64_t> weights_;  // per kept record: how many transactions it stands for
+    std::unordered_map<std::string, std::size_t> kept_;  // fold key -> index in records_
+    std::uint64_t transactions_ = 0;
     SetAside set_aside_;
     NodeFacts node_;
 };

@@ -623,6 +623,7 @@ TEST_F(CorrelatorTest, ConnectionWhoseOpeningMayBeLostIsIncompleteNotOld) {
     EXPECT_TRUE(out[0].incomplete);
     EXPECT_EQ(out[0].events_lost, 12u);
     EXPECT_FALSE(out[0].opened_before_window);
+    EXPECT_TRUE(out[0].opening_unseen) << "new or old: nothing tells which";
     // Long after the loss, a connection without SYN is a leftover again.
     out.clear();
     const auto old = flow("198.18.1.5:40003");
@@ -632,6 +633,7 @@ TEST_F(CorrelatorTest, ConnectionWhoseOpeningMayBeLostIsIncompleteNotOld) {
     ASSERT_EQ(out.size(), 1u);
     EXPECT_FALSE(out[0].incomplete);
     EXPECT_TRUE(out[0].opened_before_window);
+    EXPECT_FALSE(out[0].opening_unseen);
 }
 
 // Memory follows live connections: finished ones are forgotten after the

@@ -525,6 +525,41 @@ TEST(Diagnosis, FoldingRepeatsChangesNothingPrinted) {
     EXPECT_LT(folded_total, kept_total * 9 / 10) << "the mixes repeat: some records fold";
 }
 
+// The minute after the fix, with events lost: IMDS still retransmits the TTL-1
+// answers of connections made before tracing (and before the fix).  First
+// seen just after a loss, they might be new connections whose SYN was lost;
+// nothing tells which, so they judge nothing (a HOP_LIMIT_EXCEEDED with
+// "raise to 2" on a node already at 2 was printed).
+TEST(Diagnosis, OpeningUnseenWhileEventsWereLostJudgesNothing) {
+    DiagnosisBuilder b;
+    auto old = hop_failure(pod("a", "b"), "198.18.1.5:40000", 1, 1);
+    old.incomplete = true;
+    old.events_lost = 1543;
+    old.opening_unseen = true;
+    b.add(old);
+    auto put = rec(std::nullopt, "198.18.0.2:1", Verdict::ok, req("PUT", "/latest/api/token"));
+    put.status = 200;
+    put.ttl_at_node = 2;
+    put.hops = 0;
+    b.add(put);
+    b.add_session_counts(0, 0, 1543);
+    auto d = b.build(10, {});
+    EXPECT_FALSE(d.failing());
+    EXPECT_TRUE(d.findings.empty());
+    EXPECT_EQ(d.hop_limit_observed, 2);
+    EXPECT_EQ(d.set_aside.opening_unseen, 1u);
+    EXPECT_EQ(find_pod(d, "a/b"), nullptr) << "no row judged from it";
+    EXPECT_EQ(d.set_aside.incomplete_pods.at("a/b"), 1u) << "but the pod is named among those the loss touches";
+    auto text = format_diagnosis(d);
+    EXPECT_NE(text.find("whose opening was not seen while events were lost"), std::string::npos) << text;
+    EXPECT_NE(text.find("3 responses at ip_forward, reason IP_INHDR (TTL 1)"), std::string::npos) << text;
+    // It survives the JSON round trip (report says what the live run said).
+    auto back = record_from_json(to_json(old));
+    EXPECT_TRUE(back.opening_unseen);
+    EXPECT_EQ(set_aside_reason(back), set_aside_reason(old));
+    EXPECT_TRUE(to_json(old)["verdict"].is_null());
+}
+
 TEST(Diagnosis, NodeLocalAgentFixNamesTheAgentNotImds) {
     DiagnosisBuilder b;
     auto t = rec(pod("a", "b"), "198.18.1.5:1", Verdict::no_response, req("GET", "/v1/credentials"));

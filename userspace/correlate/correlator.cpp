@@ -477,6 +477,7 @@ Transaction Correlator::to_transaction(const Connection& c, const Exchange& x) c
     t.incomplete = c.incomplete || t.events_lost > 0;
     // Its SYN may be among the lost events: not "opened before tracing".
     t.opened_before_window = !c.opened_in_window && !c.opened_in_loss;
+    t.opening_unseen = !c.opened_in_window && c.opened_in_loss;
     t.answered_on_node = c.answered_on_node;
     t.redirected_to = c.redirected_to;
     t.via_proxy = c.via_proxy;

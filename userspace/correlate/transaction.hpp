@@ -86,6 +86,11 @@ struct Transaction {
     // no connect()): its packets are leftovers of a connection made before
     // tracing began.  Such a transaction never enters a verdict.
     bool opened_before_window = false;
+    // Its opening was not seen, but events were lost just before it was
+    // first seen: it may be new (its SYN lost) or a leftover of a connection
+    // made before tracing, and nothing tells which.  Its evidence is real but
+    // of an unknown time: it enters no verdict either.
+    bool opening_unseen = false;
     // Events were lost (ring buffer full) while it was open: what is
     // missing may be exactly what would have changed its verdict.
     bool incomplete = false;

@@ -49,6 +49,7 @@ TransactionRecord attribute(Transaction t, std::int64_t wall_ms, const CgroupNam
     r.retransmits = t.retransmits;
     r.duration_ms = static_cast<std::int64_t>((t.end_ns - t.start_ns) / 1'000'000);
     r.opened_before_tracing = t.opened_before_window;
+    r.opening_unseen = t.opening_unseen;
     r.incomplete = t.incomplete;
     r.events_lost = t.events_lost;
     r.target_on_node = target_on_node;

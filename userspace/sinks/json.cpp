@@ -128,6 +128,7 @@ json to_json(const TransactionRecord& r) {
     j["retransmits"] = r.retransmits;
     j["duration_ms"] = r.duration_ms;
     j["opened_before_tracing"] = r.opened_before_tracing;
+    j["opening_unseen"] = r.opening_unseen;
     j["incomplete"] = r.incomplete;
     j["events_lost"] = r.events_lost;
     j["target_on_node"] = r.target_on_node;
@@ -239,6 +240,7 @@ TransactionRecord record_from_json(const json& j) {
     r.duration_ms = j.contains("duration_ms") ? int_in(j["duration_ms"], "duration_ms", 0, kMaxDurationMs) : 0;
     auto flag = [&j](const char* key) { return j.contains(key) && j[key].is_boolean() && j[key].get<bool>(); };
     r.opened_before_tracing = flag("opened_before_tracing");
+    r.opening_unseen = flag("opening_unseen");
     r.incomplete = flag("incomplete");
     r.target_on_node = flag("target_on_node");
     // Recordings from before the path fields have none: nothing is implied.
@@ -329,6 +331,7 @@ json to_json(const Diagnosis& d) {
     const auto& a = d.set_aside;
     j["set_aside"] = {{"opened_before_tracing", {{"transactions", a.opened_before_tracing},
                                                  {"drops", a.opened_before_tracing_drops}}},
+                      {"opening_unseen", {{"transactions", a.opening_unseen}, {"drops", a.opening_unseen_drops}}},
                       {"incomplete_transactions", a.incomplete},
                       {"incomplete_pods", a.incomplete_pods},
                       {"events_lost", a.events_lost},

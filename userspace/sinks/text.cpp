@@ -47,6 +47,15 @@ std::string set_aside_text(const SetAside& a) {
         }
         out += "\n";
     }
+    if (a.opening_unseen) {
+        out += fmt::format("set aside: {} whose opening was not seen while events were lost: new, or leftovers of "
+                           "connections made before tracing, nothing tells which (in no verdict, hop figure or fix)",
+                           plural(a.opening_unseen, "transaction", "transactions"));
+        std::string drops;
+        for (const auto& [what, n] : a.opening_unseen_drops) drops += fmt::format("{}{} {}", drops.empty() ? "" : "; ", n, what);
+        if (!drops.empty()) out += "; the kernel dropped " + drops;
+        out += "\n";
+    }
     if (a.incomplete)
         out += fmt::format("set aside: {} with nothing but absence as evidence (events lost, or still in flight when "
                            "the window ended): no verdict from missing evidence\n",

@@ -547,22 +547,30 @@ std::string fold_key(const TransactionRecord& r) {
 
 std::string set_aside_reason(const TransactionRecord& r) {
     if (r.opened_before_tracing) return "opened before tracing";
+    if (r.opening_unseen) return "opening not seen (events lost): maybe opened before tracing";
     if (r.incomplete && r.verdict == Verdict::no_response)
         return r.events_lost ? "events lost" : "in flight when the window ended";
     return {};
 }
 
 void DiagnosisBuilder::add(const TransactionRecord& r) {
-    if (r.opened_before_tracing) {
-        ++set_aside_.opened_before_tracing;
+    auto count_drops = [&r](std::map<std::string, std::uint64_t>& into) {
         for (const auto& dr : r.drops)
             if (!endpoint_bookkeeping(dr))
-                set_aside_.opened_before_tracing_drops[fmt::format(
-                    "{} {}at {}{}{} (TTL {})", dr.response ? "responses" : "requests", "", dr.location,
-                    dr.reason.empty() ? "" : ", reason ", dr.reason, dr.ttl)] += dr.count;
+                into[fmt::format("{} {}at {}{}{} (TTL {})", dr.response ? "responses" : "requests", "", dr.location,
+                                 dr.reason.empty() ? "" : ", reason ", dr.reason, dr.ttl)] += dr.count;
+    };
+    if (r.opened_before_tracing) {
+        ++set_aside_.opened_before_tracing;
+        count_drops(set_aside_.opened_before_tracing_drops);
         return;
     }
     if (r.incomplete && r.events_lost) ++set_aside_.incomplete_pods[r.subject()];
+    if (r.opening_unseen) {
+        ++set_aside_.opening_unseen;
+        count_drops(set_aside_.opening_unseen_drops);
+        return;
+    }
     if (!set_aside_reason(r).empty()) {
         ++set_aside_.incomplete;
         return;

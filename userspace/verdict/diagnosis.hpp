@@ -58,6 +58,12 @@ struct SetAside {
     // (TTL 1)" -> count): leftovers of connections made before tracing.
     std::uint64_t opened_before_tracing = 0;
     std::map<std::string, std::uint64_t> opened_before_tracing_drops;
+    // Transactions whose opening was not seen while events were lost: new
+    // ones whose SYN was lost, or leftovers of connections made before
+    // tracing (after a fix, their retransmitted answers still carry the old
+    // hop limit); nothing tells which, so they judge nothing.  And their drops.
+    std::uint64_t opening_unseen = 0;
+    std::map<std::string, std::uint64_t> opening_unseen_drops;
     // Transactions that lost events and have no evidence of their own
     // (nothing but absence: what was lost may be the answer).
     std::uint64_t incomplete = 0;
@@ -75,7 +81,7 @@ struct SetAside {
     std::uint64_t late_drops = 0;
 
     bool any() const {
-        return opened_before_tracing || incomplete || other_namespaces || socket_bookkeeping || events_lost ||
+        return opened_before_tracing || opening_unseen || incomplete || other_namespaces || socket_bookkeeping || events_lost ||
                late_drops;
     }
 };

@@ -37,6 +37,7 @@ struct TransactionRecord {
     std::int64_t duration_ms = 0;
     // Set aside from every verdict, hop figure and fix (DESIGN.md "this window").
     bool opened_before_tracing = false;  // the tracer did not see the connection open
+    bool opening_unseen = false;         // ... and events were lost just before: new or old, unknown
     bool incomplete = false;             // events were lost while it was open
     std::uint64_t events_lost = 0;       // how many (all hooks): an upper bound of what it misses
     // The target address is one of this node's own (a node-local agent such

@@ -127,7 +127,7 @@ row 3 "gap.jsonl.1 is missing: .*gap.jsonl.2 and older files are not read" repor
 { head -n 10 "$CASES/report/truncated_last.jsonl"
   echo '{"schema":"imdstrace.session/v1","ts":"2026-11-30T00:00:00.000Z","window_s":600,"targets":["169.254.169.254:80"]}'
 } >"$WORK/cut.jsonl"
-{ echo '{"schema":"imdstrace.rotation/v1","ts":"2026-11-30T00:09:00.000Z","continues":"cut.jsonl.2"}'
+{ echo '{"schema":"imdstrace.rotation/v1","writer":"0123456789abcdef","seq":2,"ts":"2026-11-30T00:09:00.000Z","continues":"cut.jsonl.2"}'
   cat "$WORK/cut.jsonl"; } >"$WORK/cut.jsonl.1"
 row 3 "cut.jsonl.1 continues a file that was rotated away at 2026-11-30T00:09:00.000Z .*of the 1200 s the sessions ran" \
     report "$WORK/cut.jsonl"
@@ -135,6 +135,18 @@ row 3 "out:^PARTIAL: .*cut.jsonl.1 continues a file that was rotated away" repor
 # the same files without the rotation line: nothing says the set is not whole
 cp "$WORK/cut.jsonl" "$WORK/whole.jsonl.1"; cp "$WORK/cut.jsonl" "$WORK/whole.jsonl"
 row 3 "out:^HOP_LIMIT" report "$WORK/whole.jsonl"
+# Files given by hand: one of a run left out between two, out of order, the same one twice.
+for n in 0 1 2; do
+    { echo "{\"schema\":\"imdstrace.rotation/v1\",\"writer\":\"00000000000000aa\",\"seq\":$n,\"ts\":\"2026-11-30T00:0$n:00.000Z\"}"
+      head -n 3 "$CASES/report/truncated_last.jsonl"; } >"$WORK/run.$n"
+done
+row 4 "out:^PARTIAL: .*run.2 is file 3 of its run, but the last file of that run read before it is file 1: a file between them is not read" \
+    report "$WORK/run.0" "$WORK/run.2"
+row 4 "out:^PARTIAL: .*run.0 is file 1 of its run, but the last file of that run read before it is file 2: given twice or out of order" \
+    report "$WORK/run.1" "$WORK/run.0"
+row 4 "out:^PARTIAL: .*run.1 continues a file that was rotated away" report "$WORK/run.1" "$WORK/run.2"
+row 2 "report: .*run.1 is given twice" report "$WORK/run.1" "$WORK/run.1"
+row 0 "out:^9 transactions|^imdstrace diagnosis: 9 transactions" report "$WORK/run.0" "$WORK/run.1" "$WORK/run.2"
 row 3 "out:20 transactions" report "$WORK/rot.jsonl.1" "$WORK/rot.jsonl"
 row 2 "report: $WORK/dir is a directory" report "$WORK/dir"
 row 2 "report: cannot read /nonexistent.jsonl" report /nonexistent.jsonl

@@ -9,7 +9,8 @@
 #   evidence.sh rotation   --events-max-bytes/--events-max-files under a live tracer: the set
 #                          stays capped; `report FILE` reads it oldest first and, when the pod's
 #                          failure was rotated away, says so and never calls the node healthy;
-#                          a gap in the set is said aloud
+#                          a gap in the set, a file left out or given twice, files out of
+#                          order are said aloud
 source "$(dirname "$0")/lib.sh"
 require_root
 
@@ -100,10 +101,23 @@ scenario_rotation() {
         # the failure is gone from the files: the report must not call that healthy
         expect_no_grep "without the rotated-away part, the node is not called healthy" "$WORK/report.txt" "^Healthy"
         expect_grep "the text itself says what it could not see" "$WORK/report.txt" "^PARTIAL: .*rotated away"
-        expect_eq "no failure in what was read: exit 0 (like lost events)" "$rc" "0"
+        expect_eq "no failure in what was read, but not the whole window: exit 4, not the healthy 0" "$rc" "4"
     else
         fail "the pod's transactions should have been rotated away by 24 host transactions (increase the host load)"
     fi
+    # files given by hand, one left out between them: said, whatever the names
+    rc=0
+    "$IMDSTRACE" report "$WORK/ev.jsonl.2" "$WORK/ev.jsonl" >"$WORK/report-skip.txt" 2>"$WORK/report-skip.err" || rc=$?
+    expect_grep "a file left out between two given ones is said" "$WORK/report-skip.txt" \
+        "^PARTIAL: .*ev.jsonl is file [0-9]+ of its run, but the last file of that run read before it is file [0-9]+: a file between them is not read"
+    expect_eq "... and the report exits 4" "$rc" "4"
+    rc=0
+    "$IMDSTRACE" report "$WORK/ev.jsonl" "$WORK/ev.jsonl.1" >"$WORK/report-order.txt" 2>&1 || rc=$?
+    expect_grep "files out of order are said" "$WORK/report-order.txt" "given twice or out of order"
+    rc=0
+    "$IMDSTRACE" report "$WORK/ev.jsonl.1" "$WORK/ev.jsonl.1" >"$WORK/report-twice.txt" 2>&1 || rc=$?
+    expect_eq "the same file twice is refused (usage): exit 2" "$rc" "2"
+    expect_grep "... naming it" "$WORK/report-twice.txt" "ev.jsonl.1 is given twice"
     # a gap: FILE.1 missing, FILE.2 is not read, and that is said
     rm -f "$WORK/ev.jsonl.1"
     rc=0
@@ -111,6 +125,7 @@ scenario_rotation() {
     expect_grep "a gap in the set is said aloud" "$WORK/report-gap.err" "ev.jsonl.1 is missing"
     expect_grep "the gap is in the diagnosis too" "$WORK/report-gap.txt" "^PARTIAL: .*ev.jsonl.1 is missing"
     expect_no_grep "a report with a gap never says healthy" "$WORK/report-gap.txt" "^Healthy"
+    expect_eq "... and exits 4" "$rc" "4"
     "$IMDSTRACE" report -o json "$WORK/ev.jsonl" >"$WORK/report-gap.json" 2>/dev/null || true
     expect_jq "JSON: partial says why" "$WORK/report-gap.json" '.partial | test("is missing")'
     expect_clean "after diagnose exited"

@@ -22,7 +22,7 @@ scenario_tiny_ring() {
     made=$(sed -n 's/^RESULT transactions=\([0-9]*\).*/\1/p' "$WORK/load.log")
     expect_jq "the clients made token transactions (${made:-0})" <(echo "${made:-0}") '. > 100'
     expect_jq "a one-page ring lost events (set_aside.events_lost > 0)" "$d" '.set_aside.events_lost > 0'
-    expect_eq "diagnose does not exit 3: lost events are no failure" "$TRACER_RC" "0"
+    expect_eq "diagnose exits 4: no failure seen, but events were lost (not 3, not the healthy 0)" "$TRACER_RC" "4"
     local nores
     nores=$(jq -s '[.[] | select(.verdict == "NO_RESPONSE")] | length' "$ev")
     expect_eq "no transaction judged NO_RESPONSE from missing evidence" "$nores" "0"
@@ -38,7 +38,7 @@ scenario_tiny_ring() {
     # The text diagnosis (rebuilt from the recording) says it aloud.
     local rc=0
     "$IMDSTRACE" report "$ev" >"$WORK/report.txt" 2>"$WORK/report.err" || rc=$?
-    expect_eq "report exits 0 like diagnose" "$rc" "0"
+    expect_eq "report exits 4 like diagnose" "$rc" "4"
     expect_grep "text: INCOMPLETE line with the count of lost events" "$WORK/report.txt" '^INCOMPLETE: [0-9]+ events were lost'
     expect_grep "text: the pod named among the incomplete" "$WORK/report.txt" 'testbed/pod1 \([0-9]+\)'
     expect_no_grep "text: never called healthy" "$WORK/report.txt" '^Healthy'

@@ -216,7 +216,23 @@ TEST(EventsRotation, KnowsWhetherTheOldestFileReadIsTheFirst) {
     EXPECT_EQ(whole.skipped, 0u);
     auto newer = read_recordings({set.begin() + 1, set.end()}, [&part](TransactionRecord&&) { ++part; });
     EXPECT_TRUE(newer.continues_earlier) << "read from " << set[1];
+    EXPECT_TRUE(newer.sequence_break.empty()) << newer.sequence_break;
     EXPECT_LT(part, all);
+    auto none = [](TransactionRecord&&) {};
+    // Given by hand: one left out between two, or out of order.
+    auto skip = read_recordings({set[0], set[2]}, none);
+    EXPECT_FALSE(skip.continues_earlier);
+    EXPECT_NE(skip.sequence_break.find("a file between them is not read"), std::string::npos) << skip.sequence_break;
+    auto swapped = read_recordings({set[1], set[0]}, none);
+    EXPECT_NE(swapped.sequence_break.find("given twice or out of order"), std::string::npos) << swapped.sequence_break;
+    // Another run appending to FILE, rotating on: its files follow each other too.
+    {
+        EventsFile ev(file, EventsRotation{4096, 10});
+        for (int i = 0; i < 12; ++i) ev.write(token_put("pod" + std::to_string(i), 1, Verdict::ok, 2));
+    }
+    auto both = read_recordings(rotated_set(file), none);
+    EXPECT_FALSE(both.continues_earlier);
+    EXPECT_TRUE(both.sequence_break.empty()) << both.sequence_break;
     std::filesystem::remove_all(dir);
 }
 

@@ -35,6 +35,9 @@ constexpr int kExitHealthy = 0;
 constexpr int kExitRuntime = 1;
 constexpr int kExitUsage = 2;
 constexpr int kExitFailures = 3;
+// No failure in what was seen, but not all was seen: events were lost, or the
+// files `report` read do not hold the whole window.  Not "healthy" (0).
+constexpr int kExitIncomplete = 4;
 
 std::atomic<bool> g_stop{false};
 
@@ -278,7 +281,8 @@ int run_watch(const CommonArgs& a) {
 int print_diagnosis(const Diagnosis& d, const std::string& output) {
     write_stdout(output == "json" ? dump_json(to_json(d), 2) + "\n"
                                   : format_diagnosis(d, TextStyle{isatty(STDOUT_FILENO) == 1}));
-    return d.failing() ? kExitFailures : kExitHealthy;
+    if (d.failing()) return kExitFailures;
+    return d.set_aside.events_lost || !d.partial.empty() ? kExitIncomplete : kExitHealthy;
 }
 
 int run_diagnose(const CommonArgs& a) {
@@ -317,6 +321,14 @@ int run_report(const std::vector<std::string>& given, const CommonArgs& a) {
                                   given[0], *gap, given[0], *gap + 1);
             spdlog::warn("{}; the report covers {} only", partial, join(files, ", "));
         }
+    // The same file twice counts its transactions twice: refused, not doubled.
+    for (std::size_t i = 0; i < files.size(); ++i)
+        for (std::size_t k = 0; k < i; ++k) {
+            std::error_code ec;
+            if (files[i] == files[k] || std::filesystem::equivalent(files[i], files[k], ec))
+                throw UsageError(fmt::format("report: {} is given twice (as {} and {}): give each file once",
+                                             files[i], files[k], files[i]));
+        }
     const std::string file = join(given, ", ");
     DiagnosisBuilder builder;
     auto rec = read_recordings(files, [&builder](TransactionRecord&& r) { builder.add(r); });
@@ -336,6 +348,10 @@ int run_report(const std::vector<std::string>& given, const CommonArgs& a) {
     builder.set_node_facts(rec.node);
     // A rotated set keeps the newest files only: the oldest one read opens with a rotation
     // record when the file before it was not read.
+    if (!rec.sequence_break.empty() && partial.empty()) {
+        partial = rec.sequence_break;
+        spdlog::warn("{}", partial);
+    }
     if (rec.continues_earlier && partial.empty()) {
         const double span_s = rec.first_ms ? (rec.last_ms - rec.first_ms) / 1000.0 : 0;
         partial = fmt::format("{} continues a file that was rotated away{} (--events-max-files, or not given here): "

@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <map>
+#include <random>
 #include <filesystem>
 #include <fstream>
 #include <utility>
@@ -25,6 +27,20 @@ EventsFile::EventsFile(std::string path, EventsRotation rotation)
     std::error_code ec;
     auto size = std::filesystem::file_size(path_, ec);
     size_ = ec ? 0 : size;  // appending: what is there counts toward the cap
+    if (rotation_.max_bytes) {
+        std::random_device rd;
+        writer_ = fmt::format("{:08x}{:08x}", rd(), rd());
+        write_sequence_record();  // appending to an earlier run's file: mid-file, which readers allow
+    }
+}
+
+void EventsFile::write_sequence_record() {
+    const auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                         std::chrono::system_clock::now().time_since_epoch())
+                         .count();
+    nlohmann::json j{{"schema", kRotationSchema}, {"writer", writer_}, {"seq", seq_}, {"ts", iso8601_ms(now)}};
+    j["continues"] = seq_ == 0 || rotation_.max_files == 1 ? nlohmann::json(nullptr) : nlohmann::json(path_ + ".1");
+    write_line(dump_json(j));
 }
 
 void EventsFile::rotate() {
@@ -44,13 +60,8 @@ void EventsFile::rotate() {
     if (!file_) throw std::runtime_error("--events " + path_ + ": cannot start a new file: " + std::strerror(errno));
     size_ = 0;
     // Said in the file itself: whoever reads from here on knows what came before is elsewhere.
-    const auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
-                         std::chrono::system_clock::now().time_since_epoch())
-                         .count();
-    write_line(dump_json(nlohmann::json{
-        {"schema", kRotationSchema},
-        {"ts", iso8601_ms(now)},
-        {"continues", rotation_.max_files == 1 ? nlohmann::json(nullptr) : nlohmann::json(path_ + ".1")}}));
+    ++seq_;
+    write_sequence_record();
 }
 
 void EventsFile::write_line(const std::string& line) {
@@ -119,12 +130,14 @@ Recording read_recording(std::istream& in, const std::string& name,
         try {
             auto j = parse_untrusted_json(line);
             if (j.is_object() && j.contains("schema") && j["schema"] == kRotationSchema) {
-                // only the first line of a file opens a continuation; anywhere else
-                // (files concatenated) the lines before it are the earlier part
-                if (first) {
-                    rec.continues_earlier = true;
-                    if (j.contains("ts") && j["ts"].is_string()) rec.continued_at = capped(j["ts"].get<std::string>());
-                }
+                Recording::FileMark m;
+                if (j.contains("writer") && j["writer"].is_string()) m.writer = capped(j["writer"].get<std::string>(), 64);
+                if (j.contains("seq") && j["seq"].is_number_unsigned()) m.seq = j["seq"].get<std::uint64_t>();
+                if (j.contains("ts") && j["ts"].is_string()) m.ts = capped(j["ts"].get<std::string>(), 64);
+                // only the first line of a file says where the file stands; anywhere else
+                // (another run appending, files concatenated) the lines before it are earlier
+                if (first) rec.marked_from_first_line = true;
+                rec.marks.push_back(std::move(m));
                 continue;
             }
             if (j.is_object() && j.contains("schema") && j["schema"] == kSessionSchema) {
@@ -203,6 +216,7 @@ std::optional<std::uint64_t> parse_byte_size(const std::string& text) {
 Recording read_recordings(const std::vector<std::string>& files, const std::function<void(TransactionRecord&&)>& add) {
     Recording all;
     std::set<std::string> targets(all.recorded_targets.begin(), all.recorded_targets.end());
+    std::map<std::string, std::uint64_t> last_seq;  // run (writer) -> the last of its files read
     for (const auto& file : files) {
         std::error_code ec;
         if (std::filesystem::is_directory(file, ec))
@@ -210,10 +224,32 @@ Recording read_recordings(const std::vector<std::string>& files, const std::func
         std::ifstream in(file);
         if (!in) throw UsageError("report: cannot read " + file + ": " + std::strerror(errno));
         auto r = read_recording(in, file, add);
-        if (&file == &files.front()) {
-            all.continues_earlier = r.continues_earlier;
-            all.continued_at = r.continued_at;
+        // Where this file stands in its run, against what was read of that run before it.
+        if (r.marked_from_first_line) {
+            const auto& m = r.marks.front();
+            const auto seen = last_seq.find(m.writer);
+            if (seen == last_seq.end()) {
+                if (m.seq > 0 && all.sequence_break.empty()) {
+                    if (&file == &files.front()) {
+                        all.continues_earlier = true;
+                        all.continued_at = m.ts;
+                    } else {
+                        all.sequence_break = fmt::format(
+                            "{} is file {} of its run, and no earlier file of that run was read: its first {} {} not "
+                            "read (files are read in the order given; the base name alone reads a rotated set "
+                            "oldest first)",
+                            file, m.seq + 1, m.seq, m.seq == 1 ? "file is" : "files are");
+                    }
+                }
+            } else if (seen->second + 1 != m.seq && all.sequence_break.empty()) {
+                all.sequence_break = fmt::format(
+                    "{} is file {} of its run, but the last file of that run read before it is file {}: {} (files "
+                    "are read in the order given; the base name alone reads a rotated set oldest first)",
+                    file, m.seq + 1, seen->second + 1,
+                    m.seq <= seen->second ? "given twice or out of order" : "a file between them is not read");
+            }
         }
+        for (const auto& m : r.marks) last_seq[m.writer] = m.seq;
         all.recorded_window += r.recorded_window;
         for (const auto& t : r.recorded_targets)
             if (targets.insert(t).second) all.recorded_targets.push_back(t);

@@ -26,8 +26,9 @@ namespace imdstrace {
 // FILE.1 becomes FILE.2, ..., FILE.<max_files-1> is removed, and a new FILE
 // is started.  So at most `max_files` files and about `max_bytes` each
 // (a single line longer than that still gets written, alone in its file).
-// Every file started by a rotation opens with an imdstrace.rotation/v1
-// line, so `report` knows when the oldest file it reads is not the first.
+// Every file a rotating run writes opens with an imdstrace.rotation/v1 line
+// (the run's id and the file's sequence number in it), so `report` knows
+// when the oldest file it reads is not the first, or one is missing between.
 struct EventsRotation {
     std::uint64_t max_bytes = 0;  // 0 = never rotate
     unsigned max_files = 10;      // FILE and FILE.1 .. FILE.<max_files-1>
@@ -47,9 +48,12 @@ public:
 
 private:
     void write_line(const std::string& line);
+    void write_sequence_record();
     void rotate();
     std::string path_;
     EventsRotation rotation_;
+    std::string writer_;      // this run's id in its rotation records (16 hex digits)
+    std::uint64_t seq_ = 0;   // the current file's place in this run: 0, then +1 per rotation
     std::uint64_t size_ = 0;
     std::unique_ptr<std::FILE, int (*)(std::FILE*)> file_;
 };
@@ -69,11 +73,24 @@ struct Recording {
     // What the recorded sessions set aside, and the node's facts (the last trailer's).
     std::uint64_t other_namespace_events = 0, socket_bookkeeping_frees = 0, events_lost = 0, late_drops = 0;
     NodeFacts node;
-    // The first file read opens with a rotation record: the file it
-    // continues (and its transactions) was not read; `continued_at` is when
-    // that file was closed (the record's "ts").
+    // The first file read opens with a rotation record of a file after the
+    // first: the one it continues (and its transactions) was not read;
+    // `continued_at` is when that file was closed (the record's "ts").
     bool continues_earlier = false;
     std::string continued_at;
+    // A later file that does not follow the one read before it (its run's
+    // previous file is missing, a file was given twice or out of order):
+    // what, in one sentence.  Empty when they follow.
+    std::string sequence_break;
+    // A file's rotation records in order, and whether the first of them is
+    // its first line (then it says where the file stands in its run).
+    struct FileMark {
+        std::string writer;
+        std::uint64_t seq = 0;
+        std::string ts;
+    };
+    std::vector<FileMark> marks;
+    bool marked_from_first_line = false;
 };
 
 // A rotated set, oldest first: FILE.N, ..., FILE.1, FILE (the numbers that

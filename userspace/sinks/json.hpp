@@ -12,9 +12,10 @@ inline constexpr const char* kTransactionSchema = "imdstrace.transaction/v1";
 inline constexpr const char* kDiagnosisSchema = "imdstrace.diagnosis/v1";
 // The last line of an --events file: the run's window and targets.
 inline constexpr const char* kSessionSchema = "imdstrace.session/v1";
-// The first line of every file --events-max-bytes starts after a rotation:
-// the file before it exists or existed, so a reader that starts here knows
-// it did not read from the beginning.
+// With --events-max-bytes, the first line of every file a run writes: the
+// run (a random "writer" id) and the file's place in it ("seq": 0 for the
+// first, n after n rotations), so `report` knows whether the files it reads
+// follow each other or miss one.
 inline constexpr const char* kRotationSchema = "imdstrace.rotation/v1";
 // `imdstrace check -o json` and `imdstrace probe -o json` (sinks/reports.hpp).
 inline constexpr const char* kCheckSchema = "imdstrace.check/v1";

@@ -150,12 +150,17 @@ std::string format_diagnosis(const Diagnosis& d, TextStyle style) {
     if (d.hop_limit_observed)
         out += fmt::format("node: IMDS hop limit observed {} (TTL of token responses arriving at the node)\n",
                            *d.hop_limit_observed);
+    else if (!d.partial.empty())
+        out += "node: IMDS hop limit not observed in the files read (no 200 answer to a token PUT among them; the "
+               "part not read may have one)\n";
     else
         out += "node: IMDS hop limit not observed (no 200 answer to a token PUT reached the uplink)\n";
     if (!d.partial.empty()) out += fmt::format("PARTIAL: {}\n", terminal_safe(d.partial));
     out += set_aside_text(d.set_aside);
     if (d.pods.empty()) {
-        out += "\nNo metadata traffic seen. Is anything on this node calling IMDS? Try `imdstrace probe`.\n";
+        out += d.partial.empty()
+                   ? "\nNo metadata traffic seen. Is anything on this node calling IMDS? Try `imdstrace probe`.\n"
+                   : "\nNo metadata traffic in the files read (see PARTIAL).\n";
         return out;
     }
     // The pod column fits the longest name (up to 72): names are what people read.

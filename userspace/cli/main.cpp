@@ -219,9 +219,12 @@ SessionOptions session_options(const CommonArgs& a, std::optional<double> durati
     o.events_file = a.events;
     if (!a.events_max_bytes.empty()) {
         auto bytes = parse_byte_size(a.events_max_bytes);
-        if (!bytes || *bytes < 4096)
+        if (!bytes)
             throw UsageError("--events-max-bytes " + a.events_max_bytes +
-                             ": expected a size of at least 4096 bytes, e.g. 64M (K, M, G: powers of 1024)");
+                             ": expected a whole number of bytes with an optional K, M or G (powers of 1024), e.g. "
+                             "64M; at most 1024T");
+        if (*bytes < 4096)
+            throw UsageError("--events-max-bytes " + a.events_max_bytes + ": at least 4096 bytes (4K), e.g. 64M");
         if (a.events.empty()) throw UsageError("--events-max-bytes needs --events FILE");
         o.events_rotation.max_bytes = *bytes;
     }

@@ -98,8 +98,8 @@ row 2 "output" diagnose -o yaml
 row 2 "log-level" watch --log-level loud
 row 2 "file is required|required" report
 
-row 2 "--events-max-bytes 10: expected a size of at least 4096" watch --events "$WORK/ev.jsonl" --events-max-bytes 10
-row 2 "--events-max-bytes 1Q: expected a size" watch --events "$WORK/ev.jsonl" --events-max-bytes 1Q
+row 2 "--events-max-bytes 10: at least 4096 bytes" watch --events "$WORK/ev.jsonl" --events-max-bytes 10
+row 2 "--events-max-bytes 1Q: expected a whole number of bytes" watch --events "$WORK/ev.jsonl" --events-max-bytes 1Q
 row 2 "--events-max-bytes needs --events FILE" watch --events-max-bytes 1M
 row 2 "--events-max-files needs --events-max-bytes" watch --events "$WORK/ev.jsonl" --events-max-files 3
 row 2 "events-max-files" watch --events "$WORK/ev.jsonl" --events-max-bytes 1M --events-max-files 0
@@ -125,7 +125,7 @@ row 3 "gap.jsonl.1 is missing: .*gap.jsonl.2 and older files are not read" repor
 # A rotated set whose oldest file continues one rotated away (its first line says so): the report
 # says PARTIAL, with what the files read cover of the sessions' window.
 { head -n 10 "$CASES/report/truncated_last.jsonl"
-  echo '{"schema":"imdstrace.session/v1","ts":"2026-11-30T00:00:00.000Z","window_s":600,"targets":["169.254.169.254:80"]}'
+  echo '{"schema":"imdstrace.session/v1","ts":"2026-11-30T00:00:00.000Z","window_s":600,"targets":["169.254.169.254:80"],"writer":"0123456789abcdef"}'
 } >"$WORK/cut.jsonl"
 { echo '{"schema":"imdstrace.rotation/v1","writer":"0123456789abcdef","seq":2,"ts":"2026-11-30T00:09:00.000Z","continues":"cut.jsonl.2"}'
   cat "$WORK/cut.jsonl"; } >"$WORK/cut.jsonl.1"
@@ -140,12 +140,14 @@ for n in 0 1 2; do
     { echo "{\"schema\":\"imdstrace.rotation/v1\",\"writer\":\"00000000000000aa\",\"seq\":$n,\"ts\":\"2026-11-30T00:0$n:00.000Z\"}"
       head -n 3 "$CASES/report/truncated_last.jsonl"; } >"$WORK/run.$n"
 done
+echo '{"schema":"imdstrace.session/v1","ts":"2026-11-30T00:00:00.000Z","window_s":180,"targets":["169.254.169.254:80"],"writer":"00000000000000aa"}' >>"$WORK/run.2"
 row 4 "out:^PARTIAL: .*run.2 is file 3 of its run, but the last file of that run read before it is file 1: a file between them is not read" \
     report "$WORK/run.0" "$WORK/run.2"
 row 4 "out:^PARTIAL: .*run.0 is file 1 of its run, but the last file of that run read before it is file 2: given twice or out of order" \
     report "$WORK/run.1" "$WORK/run.0"
 row 4 "out:^PARTIAL: .*run.1 continues a file that was rotated away" report "$WORK/run.1" "$WORK/run.2"
 row 2 "report: .*run.1 is given twice" report "$WORK/run.1" "$WORK/run.1"
+row 4 "out:^PARTIAL: the last file read of a run is its file 2, and that run's end .* was not read" report "$WORK/run.0" "$WORK/run.1"
 row 0 "out:^9 transactions|^imdstrace diagnosis: 9 transactions" report "$WORK/run.0" "$WORK/run.1" "$WORK/run.2"
 row 3 "out:20 transactions" report "$WORK/rot.jsonl.1" "$WORK/rot.jsonl"
 row 2 "report: $WORK/dir is a directory" report "$WORK/dir"

@@ -10,7 +10,7 @@
 #                          stays capped; `report FILE` reads it oldest first and, when the pod's
 #                          failure was rotated away, says so and never calls the node healthy;
 #                          a gap in the set, a file left out or given twice, files out of
-#                          order are said aloud
+#                          order, the run's last file not given are said aloud
 source "$(dirname "$0")/lib.sh"
 require_root
 
@@ -118,6 +118,11 @@ scenario_rotation() {
     "$IMDSTRACE" report "$WORK/ev.jsonl.1" "$WORK/ev.jsonl.1" >"$WORK/report-twice.txt" 2>&1 || rc=$?
     expect_eq "the same file twice is refused (usage): exit 2" "$rc" "2"
     expect_grep "... naming it" "$WORK/report-twice.txt" "ev.jsonl.1 is given twice"
+    # the newest file left out (the run's end, where its session record is): said, not "Healthy"
+    rc=0
+    "$IMDSTRACE" report "$WORK/ev.jsonl.2" "$WORK/ev.jsonl.1" >"$WORK/report-nolast.txt" 2>&1 || rc=$?
+    expect_grep "the run's last file left out is said" "$WORK/report-nolast.txt" "PARTIAL: .*that run's end .* was not read"
+    expect_no_grep "... and never called healthy" "$WORK/report-nolast.txt" "^Healthy"
     # a gap: FILE.1 missing, FILE.2 is not read, and that is said
     rm -f "$WORK/ev.jsonl.1"
     rc=0

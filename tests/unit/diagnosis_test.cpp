@@ -553,11 +553,41 @@ TEST(Diagnosis, OpeningUnseenWhileEventsWereLostJudgesNothing) {
     auto text = format_diagnosis(d);
     EXPECT_NE(text.find("whose opening was not seen while events were lost"), std::string::npos) << text;
     EXPECT_NE(text.find("3 responses at ip_forward, reason IP_INHDR (TTL 1)"), std::string::npos) << text;
+    EXPECT_EQ(text.find("the hop limit was lower"), std::string::npos) << "said of old connections only";
     // It survives the JSON round trip (report says what the live run said).
     auto back = record_from_json(to_json(old));
     EXPECT_TRUE(back.opening_unseen);
     EXPECT_EQ(set_aside_reason(back), set_aside_reason(old));
-    EXPECT_TRUE(to_json(old)["verdict"].is_null());
+    // JSON keeps what its own evidence says, and why it counts for nothing.
+    EXPECT_EQ(to_json(old)["verdict"], "HOP_LIMIT_EXCEEDED");
+    EXPECT_TRUE(to_json(old).contains("set_aside"));
+}
+
+// "The hop limit was lower when they were opened" only when a higher one is
+// seen now: at hop limit 1 all along, old connections' TTL-1 drops say
+// nothing about a change (it sat beside "Healthy" and read like "fixed").
+TEST(Diagnosis, OldConnectionsSayTheHopLimitChangedOnlyWhenItDid) {
+    auto old = hop_failure(pod("a", "b"), "198.18.1.5:40000", 1, 1);
+    old.opened_before_tracing = true;
+    old.drops[0].count = 1;
+    auto put = [](int ttl) {
+        auto t = rec(std::nullopt, "198.18.0.2:1", Verdict::ok, req("PUT", "/latest/api/token"));
+        t.status = 200;
+        t.ttl_at_node = ttl;
+        t.hops = 0;
+        return t;
+    };
+    for (int now : {1, 2}) {
+        DiagnosisBuilder b;
+        b.add(old);
+        b.add(put(now));
+        auto text = format_diagnosis(b.build(10, {}));
+        EXPECT_NE(text.find("the kernel dropped 1 response at ip_forward, reason IP_INHDR (TTL 1)"), std::string::npos)
+            << text;
+        EXPECT_EQ(text.find("the hop limit was lower when they were opened (it is 2 now)") != std::string::npos,
+                  now == 2)
+            << text;
+    }
 }
 
 TEST(Diagnosis, NodeLocalAgentFixNamesTheAgentNotImds) {

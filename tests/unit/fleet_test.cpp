@@ -206,6 +206,7 @@ TEST(EventsRotation, KnowsWhetherTheOldestFileReadIsTheFirst) {
     {
         EventsFile ev(file, EventsRotation{4096, 10});
         for (int i = 0; i < 12; ++i) ev.write(token_put("pod" + std::to_string(i), 1, Verdict::ok, 2));
+        ev.write_trailer(1'000'000, 10, {"169.254.169.254:80"}, nlohmann::json::object(), nlohmann::json::object());
     }
     auto set = rotated_set(file);
     ASSERT_GE(set.size(), 3u);
@@ -223,12 +224,16 @@ TEST(EventsRotation, KnowsWhetherTheOldestFileReadIsTheFirst) {
     auto skip = read_recordings({set[0], set[2]}, none);
     EXPECT_FALSE(skip.continues_earlier);
     EXPECT_NE(skip.sequence_break.find("a file between them is not read"), std::string::npos) << skip.sequence_break;
+    // Without its newest file (where the run's session record is), the run's end was not read.
+    auto older = read_recordings({set.begin(), set.end() - 1}, none);
+    EXPECT_NE(older.sequence_break.find("that run's end"), std::string::npos) << older.sequence_break;
     auto swapped = read_recordings({set[1], set[0]}, none);
     EXPECT_NE(swapped.sequence_break.find("given twice or out of order"), std::string::npos) << swapped.sequence_break;
     // Another run appending to FILE, rotating on: its files follow each other too.
     {
         EventsFile ev(file, EventsRotation{4096, 10});
         for (int i = 0; i < 12; ++i) ev.write(token_put("pod" + std::to_string(i), 1, Verdict::ok, 2));
+        ev.write_trailer(1'000'000, 10, {"169.254.169.254:80"}, nlohmann::json::object(), nlohmann::json::object());
     }
     auto both = read_recordings(rotated_set(file), none);
     EXPECT_FALSE(both.continues_earlier);

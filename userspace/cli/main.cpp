@@ -350,22 +350,22 @@ int run_report(const std::vector<std::string>& given, const CommonArgs& a) {
                                rec.late_drops);
     builder.set_node_facts(rec.node);
     // A rotated set keeps the newest files only: the oldest one read opens with a rotation
-    // record when the file before it was not read.
-    if (!rec.sequence_break.empty() && partial.empty()) {
-        partial = rec.sequence_break;
-        spdlog::warn("{}", partial);
-    }
-    if (rec.continues_earlier && partial.empty()) {
+    // record when the file before it was not read.  Every reason said (the first may hide the one that matters): "A; also: B".
+    auto also = [&partial](std::string why) {
+        spdlog::warn("{}", why);
+        partial += (partial.empty() ? "" : "; also: ") + why;
+    };
+    if (rec.continues_earlier) {
         const double span_s = rec.first_ms ? (rec.last_ms - rec.first_ms) / 1000.0 : 0;
-        partial = fmt::format("{} continues a file that was rotated away{} (--events-max-files, or not given here): "
-                              "its transactions are not in this report{}",
-                              files.front(), rec.continued_at.empty() ? "" : " at " + rec.continued_at,
-                              rec.recorded_window > 0
-                                  ? fmt::format("; the files read hold {:.1f} s of the {:.0f} s the sessions ran",
-                                                span_s, rec.recorded_window)
-                                  : "");
-        spdlog::warn("{}", partial);
+        also(fmt::format("{} continues a file that was rotated away{} (--events-max-files, or not given here): "
+                         "its transactions are not in this report{}",
+                         files.front(), rec.continued_at.empty() ? "" : " at " + rec.continued_at,
+                         rec.recorded_window > 0
+                             ? fmt::format("; the files read hold {:.1f} s of the {:.0f} s the sessions ran", span_s,
+                                           rec.recorded_window)
+                             : ""));
     }
+    if (!rec.sequence_break.empty()) also(rec.sequence_break);
     double window = rec.recorded_window > 0 ? rec.recorded_window
                     : rec.first_ms          ? (rec.last_ms - rec.first_ms) / 1000.0
                                             : 0;

@@ -78,12 +78,15 @@ void EventsFile::write(const TransactionRecord& r) {
 
 void EventsFile::write_trailer(std::int64_t start_unix_ms, double window_s, const std::vector<std::string>& targets,
                                const nlohmann::json& set_aside, const nlohmann::json& node) {
-    write_line(dump_json(nlohmann::json{{"schema", kSessionSchema},
-                                        {"ts", iso8601_ms(start_unix_ms)},
-                                        {"window_s", window_s},
-                                        {"targets", targets},
-                                        {"set_aside", set_aside},
-                                        {"node", node}}));
+    nlohmann::json j{{"schema", kSessionSchema},
+                     {"ts", iso8601_ms(start_unix_ms)},
+                     {"window_s", window_s},
+                     {"targets", targets},
+                     {"set_aside", set_aside},
+                     {"node", node}};
+    // A rotating run's end, by its id: a reader that saw its files but not this has not read its last one.
+    if (!writer_.empty()) j["writer"] = writer_;
+    write_line(dump_json(j));
 }
 
 namespace {
@@ -152,6 +155,8 @@ Recording read_recording(std::istream& in, const std::string& name,
                         rec.recorded_targets.push_back(t.get<std::string>());
                 rec.recorded_window += w.get<double>();
                 if (j.contains("node")) rec.node = node_facts_from_json(j["node"]);
+                if (j.contains("writer") && j["writer"].is_string())
+                    rec.ended_writers.push_back(capped(j["writer"].get<std::string>(), 64));
                 if (j.contains("set_aside") && j["set_aside"].is_object()) {
                     const auto& sa = j["set_aside"];
                     auto count = [&sa](const char* key) -> std::uint64_t {
@@ -217,6 +222,7 @@ Recording read_recordings(const std::vector<std::string>& files, const std::func
     Recording all;
     std::set<std::string> targets(all.recorded_targets.begin(), all.recorded_targets.end());
     std::map<std::string, std::uint64_t> last_seq;  // run (writer) -> the last of its files read
+    std::set<std::string> ended;                    // runs whose session record (their end) was read
     for (const auto& file : files) {
         std::error_code ec;
         if (std::filesystem::is_directory(file, ec))
@@ -250,6 +256,7 @@ Recording read_recordings(const std::vector<std::string>& files, const std::func
             }
         }
         for (const auto& m : r.marks) last_seq[m.writer] = m.seq;
+        for (const auto& w : r.ended_writers) ended.insert(w);
         all.recorded_window += r.recorded_window;
         for (const auto& t : r.recorded_targets)
             if (targets.insert(t).second) all.recorded_targets.push_back(t);
@@ -265,6 +272,17 @@ Recording read_recordings(const std::vector<std::string>& files, const std::func
         all.late_drops += r.late_drops;
         if (r.node.ipv4_forwarding || r.node.ipv6_forwarding) all.node = r.node;  // the latest recorded facts
     }
+    // A rotating run writes its session record into its last file when it ends: without it, its
+    // last file was not read (or the run was killed, or still runs), and what came after is not here.
+    for (const auto& [writer, seq] : last_seq)
+        if (!ended.contains(writer) && all.sequence_break.empty()) {
+            all.sequence_break = fmt::format(
+                "the last file read of a run is its file {}, and that run's end (the session record it writes "
+                "into its last file) was not read: its newer files were not given (the base name alone reads "
+                "the whole rotated set), or it was killed or still runs",
+                seq + 1);
+            break;
+        }
     return all;
 }
 

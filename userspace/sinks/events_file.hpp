@@ -91,6 +91,7 @@ struct Recording {
     };
     std::vector<FileMark> marks;
     bool marked_from_first_line = false;
+    std::vector<std::string> ended_writers;  // rotating runs whose session record is in the file
 };
 
 // A rotated set, oldest first: FILE.N, ..., FILE.1, FILE (the numbers that

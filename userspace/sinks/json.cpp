@@ -108,7 +108,11 @@ json to_json(const TransactionRecord& r) {
     j["required_hop_limit"] = optional_int(r.required_hop_limit);
     // No verdict from missing evidence: null, and "set_aside" says why.
     const auto aside = set_aside_reason(r);
-    j["verdict"] = r.incomplete && !aside.empty() ? json(nullptr) : json(std::string(to_string(r.verdict)));
+    // Null only where the verdict would come from absence; a set-aside record with evidence of
+    // its own (opened before tracing, opening unseen) keeps it, and "set_aside" says why it counts for nothing.
+    j["verdict"] = r.incomplete && r.verdict == Verdict::no_response && !aside.empty()
+                       ? json(nullptr)
+                       : json(std::string(to_string(r.verdict)));
     if (!aside.empty()) j["set_aside"] = aside;
     j["evidence"] = r.evidence;
     json drops = json::array();

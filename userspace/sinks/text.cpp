@@ -4,7 +4,10 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <ctime>
+#include <map>
+#include <optional>
 
 #include "sinks/escape.hpp"
 
@@ -31,18 +34,37 @@ std::string plural(std::uint64_t n, const char* one, const char* many) {
 }
 
 // What was left out of the verdicts, one line each, said aloud.
-std::string set_aside_text(const SetAside& a) {
+// `hop_limit`: the hop limit observed in the window, if any.
+std::string set_aside_text(const SetAside& a, std::optional<int> hop_limit) {
     std::string out;
+    // "the kernel dropped N what; ...", with one packet said as one.
+    auto dropped = [](const std::map<std::string, std::uint64_t>& drops) {
+        std::string out;
+        for (const auto& [what, n] : drops)
+            out += fmt::format("{}{} {}", out.empty() ? "" : "; ", n,
+                               n == 1 && what.rfind("responses ", 0) == 0   ? "response " + what.substr(10)
+                               : n == 1 && what.rfind("requests ", 0) == 0 ? "request " + what.substr(9)
+                                                                           : what);
+        return out;
+    };
+    // The lowest TTL among drops: below the hop limit observed now, the hop limit was lower then.
+    auto lowest_ttl = [](const std::map<std::string, std::uint64_t>& drops) {
+        std::optional<int> low;
+        for (const auto& [what, n] : drops)
+            if (auto at = what.rfind("(TTL "); at != std::string::npos)
+                low = std::min(low.value_or(255), std::atoi(what.c_str() + at + 5));
+        return low;
+    };
     if (a.opened_before_tracing) {
         out += fmt::format("set aside: {} of connections opened before tracing started (in no verdict, hop figure or fix)",
                            plural(a.opened_before_tracing, "transaction", "transactions"));
         if (!a.opened_before_tracing_drops.empty()) {
-            std::string drops;
-            for (const auto& [what, n] : a.opened_before_tracing_drops)
-                drops += fmt::format("{}{} {}", drops.empty() ? "" : "; ", n, what);
-            out += fmt::format("; the kernel dropped {}{}", drops,
-                               drops.find("TTL 1)") != std::string::npos || drops.find("TTL 0)") != std::string::npos
-                                   ? ": the hop limit was lower when they were opened"
+            const auto low = lowest_ttl(a.opened_before_tracing_drops);
+            // Only against a hop limit seen now, and higher: else nothing says it changed.
+            out += fmt::format("; the kernel dropped {}{}", dropped(a.opened_before_tracing_drops),
+                               low && *low <= 1 && hop_limit && *hop_limit > *low
+                                   ? fmt::format(": the hop limit was lower when they were opened (it is {} now)",
+                                                 *hop_limit)
                                    : "");
         }
         out += "\n";
@@ -51,9 +73,7 @@ std::string set_aside_text(const SetAside& a) {
         out += fmt::format("set aside: {} whose opening was not seen while events were lost: new, or leftovers of "
                            "connections made before tracing, nothing tells which (in no verdict, hop figure or fix)",
                            plural(a.opening_unseen, "transaction", "transactions"));
-        std::string drops;
-        for (const auto& [what, n] : a.opening_unseen_drops) drops += fmt::format("{}{} {}", drops.empty() ? "" : "; ", n, what);
-        if (!drops.empty()) out += "; the kernel dropped " + drops;
+        if (!a.opening_unseen_drops.empty()) out += "; the kernel dropped " + dropped(a.opening_unseen_drops);
         out += "\n";
     }
     if (a.incomplete)
@@ -155,8 +175,14 @@ std::string format_diagnosis(const Diagnosis& d, TextStyle style) {
                "part not read may have one)\n";
     else
         out += "node: IMDS hop limit not observed (no 200 answer to a token PUT reached the uplink)\n";
-    if (!d.partial.empty()) out += fmt::format("PARTIAL: {}\n", terminal_safe(d.partial));
-    out += set_aside_text(d.set_aside);
+    if (!d.partial.empty()) {
+        out += fmt::format("PARTIAL: {}\n", terminal_safe(d.partial));
+        const auto& a = d.set_aside;
+        if (a.other_namespaces || a.socket_bookkeeping || a.events_lost || a.late_drops)
+            out += "PARTIAL: the kernel-event counts below (other namespaces, lost events, late drops) are the whole "
+                   "sessions', from their trailers, not only the files read\n";
+    }
+    out += set_aside_text(d.set_aside, d.hop_limit_observed);
     if (d.pods.empty()) {
         out += d.partial.empty()
                    ? "\nNo metadata traffic seen. Is anything on this node calling IMDS? Try `imdstrace probe`.\n"

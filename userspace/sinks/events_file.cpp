@@ -1,5 +1,7 @@
 #include "sinks/events_file.hpp"
 
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstring>
 #include <stdexcept>
@@ -8,7 +10,6 @@
 #include <algorithm>
 #include <chrono>
 #include <map>
-#include <random>
 #include <filesystem>
 #include <fstream>
 #include <utility>
@@ -28,8 +29,14 @@ EventsFile::EventsFile(std::string path, EventsRotation rotation)
     auto size = std::filesystem::file_size(path_, ec);
     size_ = ec ? 0 : size;  // appending: what is there counts toward the cap
     if (rotation_.max_bytes) {
-        std::random_device rd;
-        writer_ = fmt::format("{:08x}{:08x}", rd(), rd());
+        // Told apart from other runs, not secret: the clock, the pid and a splitmix64 finish (no
+        // entropy source that can block early in a boot, as in the kernel matrix's guests).
+        std::uint64_t x = static_cast<std::uint64_t>(std::chrono::system_clock::now().time_since_epoch().count()) ^
+                          (static_cast<std::uint64_t>(::getpid()) << 40) ^
+                          static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+        x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+        x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+        writer_ = fmt::format("{:016x}", x ^ (x >> 31));
         write_sequence_record();  // appending to an earlier run's file: mid-file, which readers allow
     }
 }

@@ -219,13 +219,17 @@ expect_no_grep() {
 # same time (ctest -j) never see each other's programs.
 TRACER_PROGS=""
 record_programs() {  # record_programs PID
-    TRACER_PROGS=$(grep -h '^prog_id:' /proc/"$1"/fdinfo/* 2>/dev/null | awk '{print $2}' | sort -un | tr '\n' ' ' || true)
-    [[ -n "$TRACER_PROGS" ]] && return 0
     # A short run (--duration 1) can be over before its fds are read (a slow machine, a qemu
-    # TCG guest): its programs went with it, and expect_clean checks that no imdstrace program
-    # at all is left.
-    kill -0 "$1" 2>/dev/null || return 0
-    fail "cannot read the tracer's BPF program ids from /proc/$1/fdinfo"
+    # TCG guest), or be closing them on its way out while it still exists: its programs go
+    # with it, and expect_clean checks that no imdstrace program at all is left.  Only a
+    # tracer that stays alive without a program is a failure.
+    for _ in $(seq 20); do
+        TRACER_PROGS=$(grep -h '^prog_id:' /proc/"$1"/fdinfo/* 2>/dev/null | awk '{print $2}' | sort -un | tr '\n' ' ' || true)
+        [[ -n "$TRACER_PROGS" ]] && return 0
+        kill -0 "$1" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    fail "cannot read the tracer's BPF program ids from /proc/$1/fdinfo (it runs, and holds no program)"
 }
 
 # programs_left IDS...: those of the program ids still loaded, waiting up to 3 s for the kernel

@@ -165,11 +165,21 @@ TEST(Fleet, HealthyFleetIsNotFailing) {
     EXPECT_TRUE(f.groups[0].fix.empty());
 }
 
+// An empty scratch directory of this test process, removed with the object.
+struct ScratchDir {
+    std::filesystem::path dir;
+    explicit ScratchDir(const std::string& name)
+        : dir(std::filesystem::temp_directory_path() / (name + "-" + std::to_string(getpid()))) {
+        std::filesystem::remove_all(dir);
+        std::filesystem::create_directories(dir);
+    }
+    ~ScratchDir() { std::filesystem::remove_all(dir); }
+    std::string file(const char* name) const { return (dir / name).string(); }
+};
+
 TEST(EventsRotation, CapsSizeAndCountAndReadsBackInOrder) {
-    auto dir = std::filesystem::temp_directory_path() / ("imdstrace-rot-" + std::to_string(getpid()));
-    std::filesystem::remove_all(dir);
-    std::filesystem::create_directories(dir);
-    const std::string file = (dir / "events.jsonl").string();
+    ScratchDir scratch("imdstrace-rot");
+    const std::string file = scratch.file("events.jsonl");
     {
         EventsFile ev(file, EventsRotation{4096, 3});
         for (int i = 0; i < 40; ++i) {
@@ -193,16 +203,13 @@ TEST(EventsRotation, CapsSizeAndCountAndReadsBackInOrder) {
     EXPECT_EQ(rec.transactions, order.size());
     EXPECT_TRUE(rec.continues_earlier) << "FILE.2 continues a file that was removed";
     EXPECT_FALSE(rec.continued_at.empty());
-    std::filesystem::remove_all(dir);
 }
 
 // Nothing removed yet: the oldest file is the first one, so the set is whole;
 // read from FILE.1 on, it is not.
 TEST(EventsRotation, KnowsWhetherTheOldestFileReadIsTheFirst) {
-    auto dir = std::filesystem::temp_directory_path() / ("imdstrace-rot1-" + std::to_string(getpid()));
-    std::filesystem::remove_all(dir);
-    std::filesystem::create_directories(dir);
-    const std::string file = (dir / "events.jsonl").string();
+    ScratchDir scratch("imdstrace-rot1");
+    const std::string file = scratch.file("events.jsonl");
     {
         EventsFile ev(file, EventsRotation{4096, 10});
         for (int i = 0; i < 12; ++i) ev.write(token_put("pod" + std::to_string(i), 1, Verdict::ok, 2));
@@ -238,7 +245,6 @@ TEST(EventsRotation, KnowsWhetherTheOldestFileReadIsTheFirst) {
     auto both = read_recordings(rotated_set(file), none);
     EXPECT_FALSE(both.continues_earlier);
     EXPECT_TRUE(both.sequence_break.empty()) << both.sequence_break;
-    std::filesystem::remove_all(dir);
 }
 
 TEST(EventsRotation, ByteSizes) {

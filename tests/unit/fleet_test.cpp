@@ -247,6 +247,23 @@ TEST(EventsRotation, KnowsWhetherTheOldestFileReadIsTheFirst) {
     EXPECT_TRUE(both.sequence_break.empty()) << both.sequence_break;
 }
 
+// A run that ends before writing anything (no uplink, a usage error found late)
+// leaves no rotation record, so it never reads as a run whose end is missing.
+TEST(EventsRotation, ARunThatWritesNothingLeavesNoMark) {
+    ScratchDir scratch("imdstrace-rot2");
+    const std::string file = scratch.file("events.jsonl");
+    {
+        EventsFile ev(file, EventsRotation{4096, 3});
+        ev.write(token_put("pod", 1, Verdict::ok, 2));
+        ev.write_trailer(1'000'000, 10, {"169.254.169.254:80"}, nlohmann::json::object(), nlohmann::json::object());
+    }
+    { EventsFile nothing(file, EventsRotation{4096, 3}); }
+    auto rec = read_recordings(rotated_set(file), [](TransactionRecord&&) {});
+    EXPECT_EQ(rec.transactions, 1u);
+    EXPECT_TRUE(rec.sequence_break.empty()) << rec.sequence_break;
+    EXPECT_FALSE(rec.continues_earlier);
+}
+
 TEST(EventsRotation, ByteSizes) {
     EXPECT_EQ(parse_byte_size("4096"), 4096u);
     EXPECT_EQ(parse_byte_size("64M"), 64u << 20);

@@ -37,17 +37,16 @@ EventsFile::EventsFile(std::string path, EventsRotation rotation)
         x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
         x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
         writer_ = fmt::format("{:016x}", x ^ (x >> 31));
-        write_sequence_record();  // appending to an earlier run's file: mid-file, which readers allow
     }
 }
 
-void EventsFile::write_sequence_record() {
+std::string EventsFile::sequence_record() const {
     const auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
                          std::chrono::system_clock::now().time_since_epoch())
                          .count();
     nlohmann::json j{{"schema", kRotationSchema}, {"writer", writer_}, {"seq", seq_}, {"ts", iso8601_ms(now)}};
     j["continues"] = seq_ == 0 || rotation_.max_files == 1 ? nlohmann::json(nullptr) : nlohmann::json(path_ + ".1");
-    write_line(dump_json(j));
+    return dump_json(j);
 }
 
 void EventsFile::rotate() {
@@ -66,13 +65,28 @@ void EventsFile::rotate() {
     file_.reset(std::fopen(path_.c_str(), "ae"));
     if (!file_) throw std::runtime_error("--events " + path_ + ": cannot start a new file: " + std::strerror(errno));
     size_ = 0;
-    // Said in the file itself: whoever reads from here on knows what came before is elsewhere.
     ++seq_;
-    write_sequence_record();
+    marked_ = false;
 }
 
+// A rotating run says where it stands before its first line in each file it writes to (mid-file
+// when it appends to an earlier run's file, which readers allow); a run that writes nothing
+// leaves nothing, so it never reads as a run whose end is missing.
 void EventsFile::write_line(const std::string& line) {
-    if (rotation_.max_bytes && size_ > 0 && size_ + line.size() + 1 > rotation_.max_bytes) rotate();
+    std::string mark = writer_.empty() || marked_ ? std::string() : sequence_record();
+    const auto extra = mark.empty() ? 0 : mark.size() + 1;
+    if (rotation_.max_bytes && size_ > 0 && size_ + extra + line.size() + 1 > rotation_.max_bytes) {
+        rotate();
+        mark = sequence_record();
+    }
+    if (!mark.empty()) {
+        marked_ = true;
+        put(mark);
+    }
+    put(line);
+}
+
+void EventsFile::put(const std::string& line) {
     size_ += line.size() + 1;
     if (std::fwrite(line.data(), 1, line.size(), file_.get()) != line.size() || std::fputc('\n', file_.get()) == EOF ||
         std::fflush(file_.get()) != 0)

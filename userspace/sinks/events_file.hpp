@@ -48,12 +48,14 @@ public:
 
 private:
     void write_line(const std::string& line);
-    void write_sequence_record();
+    void put(const std::string& line);  // one line, written and flushed, counted toward the cap
+    std::string sequence_record() const;
     void rotate();
     std::string path_;
     EventsRotation rotation_;
     std::string writer_;      // this run's id in its rotation records (16 hex digits)
     std::uint64_t seq_ = 0;   // the current file's place in this run: 0, then +1 per rotation
+    bool marked_ = false;     // the current file has this run's rotation record
     std::uint64_t size_ = 0;
     std::unique_ptr<std::FILE, int (*)(std::FILE*)> file_;
 };

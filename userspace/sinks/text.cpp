@@ -4,7 +4,6 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <ctime>
 #include <map>
 #include <optional>
@@ -47,19 +46,12 @@ std::string set_aside_text(const SetAside& a, std::optional<int> hop_limit) {
                                                                            : what);
         return out;
     };
-    // The lowest TTL among drops: below the hop limit observed now, the hop limit was lower then.
-    auto lowest_ttl = [](const std::map<std::string, std::uint64_t>& drops) {
-        std::optional<int> low;
-        for (const auto& [what, n] : drops)
-            if (auto at = what.rfind("(TTL "); at != std::string::npos)
-                low = std::min(low.value_or(255), std::atoi(what.c_str() + at + 5));
-        return low;
-    };
+
     if (a.opened_before_tracing) {
         out += fmt::format("set aside: {} of connections opened before tracing started (in no verdict, hop figure or fix)",
                            plural(a.opened_before_tracing, "transaction", "transactions"));
         if (!a.opened_before_tracing_drops.empty()) {
-            const auto low = lowest_ttl(a.opened_before_tracing_drops);
+            const auto& low = a.opened_before_tracing_lowest_ttl;
             // Only against a hop limit seen now, and higher: else nothing says it changed.
             out += fmt::format("; the kernel dropped {}{}", dropped(a.opened_before_tracing_drops),
                                low && *low <= 1 && hop_limit && *hop_limit > *low

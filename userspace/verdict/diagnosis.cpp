@@ -563,6 +563,10 @@ void DiagnosisBuilder::add(const TransactionRecord& r) {
     if (r.opened_before_tracing) {
         ++set_aside_.opened_before_tracing;
         count_drops(set_aside_.opened_before_tracing_drops);
+        for (const auto& dr : r.drops)
+            if (!endpoint_bookkeeping(dr))
+                set_aside_.opened_before_tracing_lowest_ttl =
+                    std::min(set_aside_.opened_before_tracing_lowest_ttl.value_or(255), static_cast<int>(dr.ttl));
         return;
     }
     if (r.incomplete && r.events_lost) ++set_aside_.incomplete_pods[r.subject()];

@@ -316,6 +316,8 @@ done
 # The unit tests' input files (tests/cases; the scenario points IMDSTRACE_CASES_DIR here).
 mkdir -p "$ROOTFS/repo/tests"
 cp -r "$REPO/tests/cases" "$ROOTFS/repo/tests/cases"
+# The alert rules fleet's query is checked against (unit test Fleet.FailingPodsQueryIsTheAlertsExpression).
+mkdir -p "$ROOTFS/repo/deploy" && cp "$REPO/deploy/prometheus-rules.yaml" "$ROOTFS/repo/deploy/"
 [ -e "$ROOTFS/repo/scripts/testbed.sh" ] && ln -s /repo/scripts/testbed.sh "$ROOTFS/usr/bin/testbed.sh"
 install -m 0755 "$REPO/tests/kernel/scenario.sh" "$ROOTFS/scenario.sh"
 install -m 0755 "$REPO/tests/kernel/init.sh" "$ROOTFS/init"

@@ -43,5 +43,45 @@ if (cd "$here" && promtool test rules rules_test.yaml) >"$tmp/test.txt" 2>&1; th
 else
     bad "promtool test rules tests/deploy/rules_test.yaml"; cat "$tmp/test.txt"
 fi
+# The dashboard's per-pod counter panels, on the same series (a promtool test generated
+# from deploy/grafana-dashboard.json's queries, $node as Grafana's "All").  A pod's first
+# failures, which make its series appear already above zero, count; a node's old
+# failures, new only to a Prometheus that restarted (node-d), do not.
+if python3 - "$deploy/grafana-dashboard.json" "$here/rules_test.yaml" "$tmp/dashboard_test.yaml" <<'PY'
+import json, sys, yaml
+dash = json.load(open(sys.argv[1]))
+series = yaml.safe_load(open(sys.argv[2]))["tests"][0]["input_series"]
+expr = {p["title"]: t["expr"].replace("$node", ".+") for p in dash["panels"] for t in p.get("targets", [])}
+failing = expr["Failing IMDS transactions by pod and verdict"]
+drops = expr["Kernel drops of IMDS traffic by reason"]
+def tx(node, ns, pod, verdict, v):
+    return {"labels": '{node="%s",namespace="%s",pod="%s",verdict="%s"}' % (node, ns, pod, verdict), "value": v}
+alb = ("node-a", "kube-system", "aws-load-balancer-controller-1")
+tests = [
+    # 9m: node-a 3 a minute; web-1 appeared at 5m at 3; node-d's growing one appeared at 8m
+    # and counts 2; node-d's old failure (9) is not in the panel.
+    {"expr": failing, "eval_time": "9m", "exp_samples": [
+        tx(*alb, "HOP_LIMIT_EXCEEDED", 15), tx("node-b", "default", "web-1", "TOKEN_REQUIRED", 3),
+        tx("node-d", "default", "growing", "REFUSED", 2)]},
+    # 16m: web-1's is older than the window; node-d's new one (14m) counts 2.
+    {"expr": failing, "eval_time": "16m", "exp_samples": [
+        tx(*alb, "HOP_LIMIT_EXCEEDED", 15), tx("node-d", "default", "new", "FORBIDDEN", 2),
+        tx("node-d", "default", "growing", "REFUSED", 5)]},
+    {"expr": drops, "eval_time": "9m", "exp_samples": [
+        {"labels": '{node="node-a",reason="IP_INHDR"}', "value": 15}]},
+]
+yaml.safe_dump({"rule_files": [], "evaluation_interval": "1m",
+                "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": tests}]},
+               open(sys.argv[3], "w"))
+PY
+then
+    if promtool test rules "$tmp/dashboard_test.yaml" >"$tmp/dash.txt" 2>&1; then
+        ok "the dashboard's failing-pod and drop panels on the rules test's series (promtool)"
+    else
+        bad "the dashboard's failing-pod and drop panels on the rules test's series"; cat "$tmp/dash.txt"
+    fi
+else
+    bad "a promtool test from deploy/grafana-dashboard.json's panels"
+fi
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]

@@ -7,6 +7,8 @@
 #include <fstream>
 #include <sstream>
 
+#include <yaml-cpp/yaml.h>
+
 #include "fleet/fleet.hpp"
 #include "sinks/events_file.hpp"
 #include "sinks/metrics.hpp"
@@ -65,6 +67,22 @@ TEST(MetricsNode, EverySeriesCarriesTheNode) {
               std::string::npos)
         << text;
     EXPECT_NE(text.find("imdstrace_events_lost_total{node=\"ip-10-0-1-5.ec2.internal\"} 7\n"), std::string::npos);
+}
+
+// The alert tells a new failure series from one a restarted Prometheus never
+// saw by the process's start (deploy/prometheus-rules.yaml).
+TEST(MetricsNode, StartTimeInUnixSeconds) {
+    using namespace std::chrono;
+    Metrics m("n", minutes(10), system_clock::time_point(milliseconds(1700000000250)));
+    EXPECT_NE(m.render(0).find("imdstrace_start_time_seconds{node=\"n\"} 1700000000.250\n"), std::string::npos)
+        << m.render(0);
+    Metrics now("n");
+    const auto t0 = duration_cast<seconds>(system_clock::now().time_since_epoch()).count();
+    const auto text = now.render(0);
+    const auto at = text.find("imdstrace_start_time_seconds{node=\"n\"} ");
+    ASSERT_NE(at, std::string::npos);
+    const double started = std::stod(text.substr(at + 39));
+    EXPECT_LE(std::abs(started - static_cast<double>(t0)), 5.0);
 }
 
 TEST(MetricsNode, NameFromOptionThenNodeNameThenHostname) {
@@ -148,6 +166,45 @@ TEST(Fleet, NodesFailingPodsGroupsAndTheFix) {
     EXPECT_NE(text.find("node group general: hop limit 1, its pods need 2 (nodes: node-a, node-c)"), std::string::npos)
         << text;
     EXPECT_NE(text.find("12 events lost"), std::string::npos) << text;
+}
+
+// deploy/prometheus-rules.yaml: beside tests/cases in the source tree, and in
+// the kernel matrix's guest (IMDSTRACE_CASES_DIR/../../deploy).
+std::string deploy_file(const char* name) {
+    const char* env = std::getenv("IMDSTRACE_CASES_DIR");
+    std::string cases = env != nullptr && *env != '\0' ? env : IMDSTRACE_CASES_DIR;
+    return cases + "/../../deploy/" + name;
+}
+
+std::string without_spaces(std::string s) {
+    std::erase_if(s, [](unsigned char c) { return std::isspace(c) != 0; });
+    return s;
+}
+
+// fleet lists a pod as failing exactly when the shipped alert fires for it
+// (the alert's PromQL is tested with promtool in tests/deploy/rules_test.yaml).
+TEST(Fleet, FailingPodsQueryIsTheAlertsExpression) {
+    YAML::Node rules = YAML::LoadFile(deploy_file("prometheus-rules.yaml"));
+    std::string expr;
+    for (const auto& g : rules["groups"])
+        for (const auto& r : g["rules"])
+            if (r["alert"] && r["alert"].as<std::string>() == "ImdsRequestsFailing") expr = r["expr"].as<std::string>();
+    ASSERT_FALSE(expr.empty()) << "no ImdsRequestsFailing alert in deploy/prometheus-rules.yaml";
+    auto in_window = [](std::string e, const std::string& range, const std::string& seconds) {
+        for (auto [from, to] : {std::pair<std::string, std::string>{"[10m]", "[" + range + "]"},
+                                {"offset 10m", "offset " + range},
+                                {"< 600)", "< " + seconds + ")"}})
+            for (auto at = e.find(from); at != std::string::npos; at = e.find(from, at + to.size()))
+                e.replace(at, from.size(), to);
+        return e;
+    };
+    EXPECT_EQ(without_spaces(failing_pods_query(600)), without_spaces(in_window(expr, "600s", "600")));
+    EXPECT_EQ(without_spaces(failing_pods_query(3600)), without_spaces(in_window(expr, "3600s", "3600")));
+    FakePrometheus prom;
+    FleetOptions opts;
+    opts.window_s = 900;
+    build_fleet(std::ref(prom), opts, "u");
+    EXPECT_EQ(std::count(prom.asked.begin(), prom.asked.end(), failing_pods_query(900)), 1);
 }
 
 TEST(Fleet, HealthyFleetIsNotFailing) {

@@ -101,6 +101,16 @@ bool Fleet::failing() const {
     return std::any_of(nodes.begin(), nodes.end(), [](const FleetNode& n) { return n.failing(); });
 }
 
+std::string failing_pods_query(int window_s) {
+    const std::string w = std::to_string(window_s) + "s";
+    return fmt::format(
+        "(sum by (node, namespace, pod, verdict) (increase(imdstrace_transactions_total{{{0}}}[{1}])) > 0) or "
+        "(sum by (node, namespace, pod, verdict) ((imdstrace_transactions_total{{{0}}} unless "
+        "imdstrace_transactions_total offset {1}) and on (node) ((time() - imdstrace_start_time_seconds < {2}) or "
+        "(imdstrace_build_info offset {1}))))",
+        kFailing, w, window_s);
+}
+
 Fleet build_fleet(const PromQuery& query, const FleetOptions& opts, std::string prometheus_url) {
     Fleet f;
     f.prometheus = std::move(prometheus_url);
@@ -119,9 +129,12 @@ Fleet build_fleet(const PromQuery& query, const FleetOptions& opts, std::string 
     for (const auto& s : query("sum by (node) (increase(imdstrace_events_lost_total[" + w + "]))"))
         if (auto v = sample_value(s)) node(label(s, "node")).events_lost = std::lround(*v);
 
-    // Pods: what each needs, and its failures in the window (the
-    // ImdsRequestsFailing alert's expression: a series that grew, or one
-    // that appeared already above zero).
+    // Pods: what each needs, and its failures in the window: the
+    // ImdsRequestsFailing alert's expression (deploy/prometheus-rules.yaml,
+    // with the window for its 10 minutes): a series that grew, or one that
+    // appeared already above zero on a node whose imdstrace started within
+    // the window or was scraped a window ago (not merely one that a
+    // restarted Prometheus never saw before).
     std::map<std::pair<std::string, std::string>, FleetPod> pods;  // (node, ns/pod)
     auto pod = [&pods](const nlohmann::json& s) -> FleetPod& {
         auto& p = pods[{label(s, "node"), label(s, "namespace") + "/" + label(s, "pod")}];
@@ -131,11 +144,7 @@ Fleet build_fleet(const PromQuery& query, const FleetOptions& opts, std::string 
     };
     for (const auto& s : query("max by (node, namespace, pod) (imdstrace_pod_required_hop_limit)"))
         if (auto v = sample_value(s)) pod(s).required_hop_limit = clamp_int(*v);
-    const std::string failing = fmt::format(
-        "(sum by (node, namespace, pod, verdict) (increase(imdstrace_transactions_total{{{0}}}[{1}])) > 0) or "
-        "(sum by (node, namespace, pod, verdict) (imdstrace_transactions_total{{{0}}} unless "
-        "imdstrace_transactions_total offset {1}))",
-        kFailing, w);
+    const std::string failing = failing_pods_query(opts.window_s);
     std::set<std::tuple<std::string, std::string, std::string, std::string>> failed;
     for (const auto& s : query(failing))
         failed.insert({label(s, "node"), label(s, "namespace"), label(s, "pod"), label(s, "verdict")});

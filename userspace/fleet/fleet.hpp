@@ -64,6 +64,12 @@ struct Fleet {
 
 Fleet build_fleet(const PromQuery& query, const FleetOptions& opts, std::string prometheus_url);
 
+// The PromQL that finds pods whose IMDS transactions failed in the last
+// `window_s` seconds, by (node, namespace, pod, verdict): the
+// ImdsRequestsFailing alert of deploy/prometheus-rules.yaml with its 10
+// minutes replaced by the window (a unit test holds the two together).
+std::string failing_pods_query(int window_s);
+
 nlohmann::json to_json(const Fleet& f);          // schema imdstrace.fleet/v1
 std::string format_fleet(const Fleet& f, bool color);  // text, like diagnose's
 

@@ -119,6 +119,12 @@ std::string Metrics::render(std::int64_t now_ms) {
     o += "# HELP imdstrace_build_info imdstrace version.\n";
     o += "# TYPE imdstrace_build_info gauge\n";
     o += fmt::format("imdstrace_build_info{{node=\"{}\",version=\"{}\"}} 1\n", node, kVersion);
+    o += "# HELP imdstrace_start_time_seconds Unix time this imdstrace began counting.\n";
+    o += "# TYPE imdstrace_start_time_seconds gauge\n";
+    const auto started_ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(started_.time_since_epoch()).count();
+    o += fmt::format("imdstrace_start_time_seconds{{node=\"{}\"}} {}.{:03}\n", node, started_ms / 1000,
+                     started_ms % 1000);
     return o;
 }
 

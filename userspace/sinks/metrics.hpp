@@ -27,8 +27,13 @@ namespace imdstrace {
 
 class Metrics {
 public:
-    explicit Metrics(std::string node = "", std::chrono::milliseconds pod_ttl = std::chrono::minutes(10))
-        : node_(std::move(node)), pod_ttl_(pod_ttl) {}
+    // `started`: when this process began counting, exported as
+    // imdstrace_start_time_seconds (Unix seconds), so a rule can tell a
+    // counter that appeared already above zero because it is new from one
+    // that Prometheus merely never saw before (it restarted).
+    explicit Metrics(std::string node = "", std::chrono::milliseconds pod_ttl = std::chrono::minutes(10),
+                     std::chrono::system_clock::time_point started = std::chrono::system_clock::now())
+        : node_(std::move(node)), pod_ttl_(pod_ttl), started_(started) {}
 
     void record(const TransactionRecord& r, std::int64_t now_ms);
     void set_events_lost(std::uint64_t lost);
@@ -49,6 +54,7 @@ private:
     mutable std::mutex mu_;
     std::string node_;
     std::chrono::milliseconds pod_ttl_;
+    std::chrono::system_clock::time_point started_;
     std::map<std::string, PodSeries> pods_;
     static constexpr int kTtlBuckets[] = {1, 2, 3, 4, 8, 16, 32, 64, 128, 255};
     std::uint64_t ttl_bucket_counts_[10] = {};

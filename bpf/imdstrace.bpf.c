@@ -133,6 +133,13 @@ static __always_inline bool proxy_port(__be16 dport)
 }
 
 
+/*
+ * Events the ring could not take, all hooks together: a global in .bss,
+ * which userspace reads through the skeleton's mmap after every poll with
+ * no syscall (the per-hook `counters` map needs one lookup per hook).
+ */
+__u64 events_lost_total = 0;
+
 static __always_inline void count(__u8 hook, __u32 what)
 {
 	__u32 key = (__u32)hook * IMDS_CNT_MAX + what;
@@ -140,6 +147,12 @@ static __always_inline void count(__u8 hook, __u32 what)
 
 	if (v)
 		*v += 1;
+}
+
+static __always_inline void count_lost(__u8 hook)
+{
+	__sync_fetch_and_add(&events_lost_total, 1);
+	count(hook, IMDS_CNT_LOST);
 }
 
 /* Where a packet's bytes come from: an skb program's context, or kernel
@@ -289,7 +302,7 @@ static __always_inline struct imds_event *reserve(__u8 hook)
 	struct imds_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 
 	if (!e) {
-		count(hook, IMDS_CNT_LOST);
+		count_lost(hook);
 		return NULL;
 	}
 	event_init(e, hook);
@@ -343,7 +356,7 @@ static __always_inline void submit_staged(struct imds_event_buf *b, __u8 hook)
 		size = sizeof(*b);
 	if (bpf_ringbuf_output(&events, b, size,
 			       wakeup_flag(bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + size, size))) {
-		count(hook, IMDS_CNT_LOST);
+		count_lost(hook);
 		return;
 	}
 	count(hook, IMDS_CNT_EMITTED);

@@ -676,6 +676,8 @@ TEST_F(BpfProgTest, RingBufferFullCountsLost) {
     const std::uint32_t per_event = ((8 + sizeof(imds_event) + std::string_view(kPut).size() + 7) / 8) * 8;
     const int repeat = static_cast<int>(cap / per_event + 100);
     const auto lost0 = bpf->counter(IMDS_HOOK_UPLINK_EGRESS, IMDS_CNT_LOST);
+    // The total userspace reads after every poll, from the mapped .bss (no syscall).
+    const auto total0 = __atomic_load_n(&bpf->skel()->bss->events_lost_total, __ATOMIC_RELAXED);
     LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = frame.data(), .data_size_in = static_cast<__u32>(frame.size()),
                 .repeat = repeat);
     ASSERT_EQ(bpf_prog_test_run_opts(bpf_program__fd(bpf->skel()->progs.uplink_egress), &opts), 0);
@@ -683,6 +685,8 @@ TEST_F(BpfProgTest, RingBufferFullCountsLost) {
     const auto lost = bpf->counter(IMDS_HOOK_UPLINK_EGRESS, IMDS_CNT_LOST) - lost0;
     EXPECT_GE(lost, 100u);
     EXPECT_LT(lost, static_cast<std::uint64_t>(repeat));
+    EXPECT_EQ(__atomic_load_n(&bpf->skel()->bss->events_lost_total, __ATOMIC_RELAXED) - total0, lost)
+        << "the .bss total counts every lost event the per-hook counter does";
     bpf->drain();
 }
 

@@ -359,6 +359,7 @@ TEST(EvidenceFiles, EventsOnAFullDiskThrowsNamingTheFile) {
     EventsFile f("/dev/full");
     try {
         f.write(record_in_cgroup("/a"));
+        f.flush();  // the session's, after each batch
         ADD_FAILURE() << "a write to /dev/full succeeded";
     } catch (const std::runtime_error& e) {
         EXPECT_NE(std::string(e.what()).find("/dev/full"), std::string::npos) << e.what();

@@ -259,11 +259,18 @@ int run_watch(const CommonArgs& a) {
     if (!json) write_stdout(format_transaction_header(style) + "\n");
     OutputWatch output_watch(g_stop);
     std::map<Verdict, int> totals;
+    // One write per batch of records, not per record.
+    std::string pending;
+    session.on_batch_end([&] {
+        write_stdout(pending);
+        pending.clear();
+    });
     session.run(
         g_stop,
         [&](const TransactionRecord& r) {
             ++totals[r.verdict];
-            write_stdout((json ? dump_json(to_json(r)) : format_transaction(r, style)) + "\n");
+            pending += json ? dump_json(to_json(r)) : format_transaction(r, style);
+            pending += '\n';
         },
         [&] {
             // A heartbeat on stderr: quiet is not the same as dead.

@@ -127,6 +127,7 @@ struct Session::Impl {
     std::unique_ptr<PodEventPoster> k8s_events;
 
     std::deque<TransactionRecord> finished;  // attributed, not yet delivered
+    std::function<void()> batch_end;
     std::uint64_t start_mono = 0;
     std::int64_t start_unix_ms = 0;
     std::uint64_t malformed = 0;
@@ -185,6 +186,9 @@ struct Session::Impl {
             if (k8s_events) k8s_events->record(r, unix_ms_now());
             sink(r);
         }
+        // A batch is written at once: a write per record cost more than its JSON.
+        if (n && events) events->flush();
+        if (n && batch_end) batch_end();
         return n;
     }
 
@@ -310,6 +314,8 @@ void Session::start() {
 
     if (!opts_.ready_file.empty()) std::ofstream(opts_.ready_file) << "ready\n";
 }
+
+void Session::on_batch_end(std::function<void()> f) { impl_->batch_end = std::move(f); }
 
 void Session::run(const std::atomic<bool>& stop, const RecordSink& sink, const std::function<void()>& quiet,
                   double quiet_s) {

@@ -77,6 +77,9 @@ public:
     // called after every `quiet_s` seconds without a transaction.
     void run(const std::atomic<bool>& stop, const RecordSink& sink, const std::function<void()>& quiet = {},
              double quiet_s = 10);
+    // Called after each batch of records handed to run()'s sink (at most one
+    // batch per poll, 100 ms apart): a sink that buffers writes it out here.
+    void on_batch_end(std::function<void()> f);
     std::size_t open_connections() const;
 
     double elapsed_s() const;

@@ -50,6 +50,7 @@ std::string EventsFile::sequence_record() const {
 }
 
 void EventsFile::rotate() {
+    flush();
     file_.reset();
     std::error_code ec;
     auto numbered = [this](unsigned i) { return path_ + "." + std::to_string(i); };
@@ -88,8 +89,12 @@ void EventsFile::write_line(const std::string& line) {
 
 void EventsFile::put(const std::string& line) {
     size_ += line.size() + 1;
-    if (std::fwrite(line.data(), 1, line.size(), file_.get()) != line.size() || std::fputc('\n', file_.get()) == EOF ||
-        std::fflush(file_.get()) != 0)
+    if (std::fwrite(line.data(), 1, line.size(), file_.get()) != line.size() || std::fputc('\n', file_.get()) == EOF)
+        throw std::runtime_error("--events " + path_ + ": write failed: " + std::strerror(errno));
+}
+
+void EventsFile::flush() {
+    if (std::fflush(file_.get()) != 0)
         throw std::runtime_error("--events " + path_ + ": write failed: " + std::strerror(errno));
 }
 
@@ -108,6 +113,7 @@ void EventsFile::write_trailer(std::int64_t start_unix_ms, double window_s, cons
     // A rotating run's end, by its id: a reader that saw its files but not this has not read its last one.
     if (!writer_.empty()) j["writer"] = writer_;
     write_line(dump_json(j));
+    flush();
 }
 
 namespace {

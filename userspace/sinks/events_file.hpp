@@ -38,9 +38,15 @@ class EventsFile {
 public:
     // Opens for appending.  Throws UsageError naming the file when it cannot.
     explicit EventsFile(std::string path, EventsRotation rotation = {});
-    // Throws std::runtime_error naming the file and errno when the write or
-    // its flush fails (a full disk must not lose evidence silently).
+    // Buffered: the line reaches the file at the next flush().  Throws
+    // std::runtime_error naming the file and errno when the write fails.
     void write(const TransactionRecord& r);
+    // Hands what write() buffered to the kernel.  The session calls it after
+    // each batch of records (every poll, at most 100 ms apart), so the file
+    // is never more than one batch behind; a write per record cost more than
+    // the record's JSON.  Throws std::runtime_error naming the file and errno
+    // when it fails (a full disk must not lose evidence silently).
+    void flush();
     // `set_aside`: what the session left out (other namespaces, socket
     // bookkeeping, events lost), so `report` says the same.
     void write_trailer(std::int64_t start_unix_ms, double window_s, const std::vector<std::string>& targets,
@@ -48,7 +54,7 @@ public:
 
 private:
     void write_line(const std::string& line);
-    void put(const std::string& line);  // one line, written and flushed, counted toward the cap
+    void put(const std::string& line);  // one line, buffered, counted toward the cap
     std::string sequence_record() const;
     void rotate();
     std::string path_;

@@ -50,7 +50,8 @@ fi
 if python3 - "$deploy/grafana-dashboard.json" "$here/rules_test.yaml" "$tmp/dashboard_test.yaml" <<'PY'
 import json, sys, yaml
 dash = json.load(open(sys.argv[1]))
-series = yaml.safe_load(open(sys.argv[2]))["tests"][0]["input_series"]
+groups = yaml.safe_load(open(sys.argv[2]))["tests"]
+series, new_nodes = groups[0]["input_series"], groups[1]["input_series"]
 expr = {p["title"]: t["expr"].replace("$node", ".+") for p in dash["panels"] for t in p.get("targets", [])}
 failing = expr["Failing IMDS transactions by pod and verdict"]
 drops = expr["Kernel drops of IMDS traffic by reason"]
@@ -70,8 +71,20 @@ tests = [
     {"expr": drops, "eval_time": "9m", "exp_samples": [
         {"labels": '{node="node-a",reason="IP_INHDR"}', "value": 15}]},
 ]
+# The second group's nodes, whose history in Prometheus is shorter than the window: at 6m
+# node-e's failures (3m, Prometheus first scraped it at 2m) and node-f's (2m, Prometheus
+# started at 0 beside an hour-old imdstrace) are in the panel; at 7m node-f's are older
+# than the panel's 5 minutes.
+new_tests = [
+    {"expr": failing, "eval_time": "6m", "exp_samples": [
+        tx("node-e", "kube-system", "aws-load-balancer-controller-2", "HOP_LIMIT_EXCEEDED", 3),
+        tx("node-f", "default", "first", "FORBIDDEN", 2)]},
+    {"expr": failing, "eval_time": "7m", "exp_samples": [
+        tx("node-e", "kube-system", "aws-load-balancer-controller-2", "HOP_LIMIT_EXCEEDED", 3)]},
+]
 yaml.safe_dump({"rule_files": [], "evaluation_interval": "1m",
-                "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": tests}]},
+                "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": tests},
+                          {"interval": "1m", "input_series": new_nodes, "promql_expr_test": new_tests}]},
                open(sys.argv[3], "w"))
 PY
 then

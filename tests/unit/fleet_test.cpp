@@ -85,6 +85,43 @@ TEST(MetricsNode, StartTimeInUnixSeconds) {
     EXPECT_LE(std::abs(started - static_cast<double>(t0)), 5.0);
 }
 
+// A pod quiet for the age-out leaves the exposition; back within the hour,
+// its counters continue (3 more failures read as +3, not as "3 again",
+// which Prometheus's increase() would take for no change).  After the hour
+// they start again.
+TEST(MetricsNode, AgedOutSubjectContinuesItsCounts) {
+    using namespace std::chrono;
+    constexpr std::int64_t min = 60'000;
+    Metrics m("n", minutes(10));
+    const auto series = [](int n) {
+        return "imdstrace_transactions_total{node=\"n\",namespace=\"kube-system\",pod=\"alb-controller\","
+               "verdict=\"HOP_LIMIT_EXCEEDED\"} " + std::to_string(n) + "\n";
+    };
+    for (int i = 0; i < 3; ++i) m.record(token_put("alb-controller", 1, Verdict::hop_limit_exceeded, 2), 0);
+    EXPECT_NE(m.render(1 * min).find(series(3)), std::string::npos);
+    const auto quiet = m.render(11 * min);
+    EXPECT_EQ(quiet.find("alb-controller"), std::string::npos) << "aged out of the exposition:\n" << quiet;
+    for (int i = 0; i < 3; ++i) m.record(token_put("alb-controller", 1, Verdict::hop_limit_exceeded, 2), 20 * min);
+    EXPECT_NE(m.render(20 * min).find(series(6)), std::string::npos) << m.render(20 * min);
+    EXPECT_EQ(m.pod_series(), 1u);
+    m.render(81 * min);  // an hour after it was last seen: forgotten
+    EXPECT_EQ(m.pod_series(), 0u);
+    m.record(token_put("alb-controller", 1, Verdict::hop_limit_exceeded, 2), 82 * min);
+    EXPECT_NE(m.render(82 * min).find(series(1)), std::string::npos) << m.render(82 * min);
+}
+
+// The node's hop limit is the latest answered token response's TTL, not the
+// lowest ever: after the hop limit is raised, ImdsHopLimitTooLow and fleet
+// must stop asking for the raise that was done.
+TEST(MetricsNode, NodeHopLimitFollowsTheLatestTokenResponse) {
+    Metrics m("n");
+    m.record(token_put("alb-controller", 1, Verdict::hop_limit_exceeded, 2), 0);
+    EXPECT_NE(m.render(0).find("imdstrace_node_hop_limit_observed{node=\"n\"} 1\n"), std::string::npos);
+    m.record(token_put("alb-controller", 2, Verdict::ok, 2), 60'000);
+    EXPECT_NE(m.render(60'000).find("imdstrace_node_hop_limit_observed{node=\"n\"} 2\n"), std::string::npos)
+        << m.render(60'000);
+}
+
 TEST(MetricsNode, NameFromOptionThenNodeNameThenHostname) {
     setenv("NODE_NAME", "from-downward-api", 1);
     EXPECT_EQ(metrics_node_name("given"), "given");
@@ -191,9 +228,11 @@ TEST(Fleet, FailingPodsQueryIsTheAlertsExpression) {
             if (r["alert"] && r["alert"].as<std::string>() == "ImdsRequestsFailing") expr = r["expr"].as<std::string>();
     ASSERT_FALSE(expr.empty()) << "no ImdsRequestsFailing alert in deploy/prometheus-rules.yaml";
     auto in_window = [](std::string e, const std::string& range, const std::string& seconds) {
+        const auto history = std::to_string(std::stoi(seconds) + 300) + "s:1m";
         for (auto [from, to] : {std::pair<std::string, std::string>{"[10m]", "[" + range + "]"},
                                 {"offset 10m", "offset " + range},
-                                {"< 600)", "< " + seconds + ")"}})
+                                {"< 600)", "< " + seconds + ")"},
+                                {"[15m:1m]", "[" + history + "]"}})
             for (auto at = e.find(from); at != std::string::npos; at = e.find(from, at + to.size()))
                 e.replace(at, from.size(), to);
         return e;

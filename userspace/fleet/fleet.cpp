@@ -103,12 +103,17 @@ bool Fleet::failing() const {
 
 std::string failing_pods_query(int window_s) {
     const std::string w = std::to_string(window_s) + "s";
+    // How far back to look for a series' and its node's first samples: past
+    // the window, so a node Prometheus has had longer shows its earlier one.
+    const std::string history = std::to_string(window_s + 300) + "s:1m";
     return fmt::format(
         "(sum by (node, namespace, pod, verdict) (increase(imdstrace_transactions_total{{{0}}}[{1}])) > 0) or "
         "(sum by (node, namespace, pod, verdict) ((imdstrace_transactions_total{{{0}}} unless "
-        "imdstrace_transactions_total offset {1}) and on (node) ((time() - imdstrace_start_time_seconds < {2}) or "
-        "(imdstrace_build_info offset {1}))))",
-        kFailing, w, window_s);
+        "imdstrace_transactions_total offset {1}) and on (node) (time() - imdstrace_start_time_seconds < {2}))) or "
+        "(sum by (node, namespace, pod, verdict) ((imdstrace_transactions_total{{{0}}} unless "
+        "imdstrace_transactions_total offset {1}) and (min_over_time(timestamp(imdstrace_transactions_total{{{0}}})[{3}]) "
+        "> on (node) group_left min by (node) (min_over_time(timestamp(imdstrace_build_info)[{3}])))))",
+        kFailing, w, window_s, history);
 }
 
 Fleet build_fleet(const PromQuery& query, const FleetOptions& opts, std::string prometheus_url) {
@@ -133,8 +138,8 @@ Fleet build_fleet(const PromQuery& query, const FleetOptions& opts, std::string 
     // ImdsRequestsFailing alert's expression (deploy/prometheus-rules.yaml,
     // with the window for its 10 minutes): a series that grew, or one that
     // appeared already above zero on a node whose imdstrace started within
-    // the window or was scraped a window ago (not merely one that a
-    // restarted Prometheus never saw before).
+    // the window, or after Prometheus's first sample of its node (not merely
+    // one that a restarted Prometheus never saw before).
     std::map<std::pair<std::string, std::string>, FleetPod> pods;  // (node, ns/pod)
     auto pod = [&pods](const nlohmann::json& s) -> FleetPod& {
         auto& p = pods[{label(s, "node"), label(s, "namespace") + "/" + label(s, "pod")}];

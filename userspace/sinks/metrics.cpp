@@ -67,7 +67,7 @@ void Metrics::set_events_lost(std::uint64_t lost) {
 
 void Metrics::age_out(std::int64_t now_ms) {
     for (auto it = pods_.begin(); it != pods_.end();) {
-        if (now_ms - it->second.last_ms > pod_ttl_.count()) it = pods_.erase(it);
+        if (now_ms - it->second.last_ms > kRetainTtls * pod_ttl_.count()) it = pods_.erase(it);
         else ++it;
     }
 }
@@ -80,21 +80,27 @@ std::size_t Metrics::pod_series() const {
 std::string Metrics::render(std::int64_t now_ms) {
     std::lock_guard lock(mu_);
     age_out(now_ms);
+    // Aged out of the exposition (kept only to continue its counts).
+    auto shown = [&](const PodSeries& p) { return now_ms - p.last_ms <= pod_ttl_.count(); };
     const std::string node = escape(node_);
     std::string o;
     o += "# HELP imdstrace_transactions_total IMDS transactions by pod and verdict.\n";
     o += "# TYPE imdstrace_transactions_total counter\n";
-    for (const auto& [k, p] : pods_)
+    for (const auto& [k, p] : pods_) {
+        if (!shown(p)) continue;
         for (const auto& [v, n] : p.transactions)
             o += fmt::format("imdstrace_transactions_total{{node=\"{}\",namespace=\"{}\",pod=\"{}\",verdict=\"{}\"}} {}\n",
                              node, escape(p.ns), escape(p.pod), v, n);
+    }
     o += "# HELP imdstrace_drops_total Kernel drops of IMDS traffic by pod and drop reason.\n";
     o += "# TYPE imdstrace_drops_total counter\n";
-    for (const auto& [k, p] : pods_)
+    for (const auto& [k, p] : pods_) {
+        if (!shown(p)) continue;
         for (const auto& [reason, n] : p.drops)
             o += fmt::format("imdstrace_drops_total{{node=\"{}\",namespace=\"{}\",pod=\"{}\",reason=\"{}\"}} {}\n", node,
                              escape(p.ns),
                              escape(p.pod), escape(reason), n);
+    }
     o += "# HELP imdstrace_response_ttl_at_node IP TTL of IMDS responses arriving at the node.\n";
     o += "# TYPE imdstrace_response_ttl_at_node histogram\n";
     for (std::size_t i = 0; i < std::size(kTtlBuckets); ++i)
@@ -106,7 +112,7 @@ std::string Metrics::render(std::int64_t now_ms) {
     o += "# HELP imdstrace_pod_required_hop_limit IMDS hop limit the pod needs (hops behind the uplink + 1).\n";
     o += "# TYPE imdstrace_pod_required_hop_limit gauge\n";
     for (const auto& [k, p] : pods_)
-        if (p.required_hop_limit)
+        if (shown(p) && p.required_hop_limit)
             o += fmt::format("imdstrace_pod_required_hop_limit{{node=\"{}\",namespace=\"{}\",pod=\"{}\"}} {}\n", node,
                              escape(p.ns),
                              escape(p.pod), *p.required_hop_limit);

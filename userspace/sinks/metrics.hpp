@@ -1,6 +1,10 @@
 // Prometheus metrics (names are a contract: ../shared/DESIGN.md), served
 // over HTTP by cpp-httplib.  Label cardinality is bounded: a pod whose
-// series have not moved for `pod_ttl` ages out of the exposition.  Every
+// series have not moved for `pod_ttl` ages out of the exposition.  Its
+// counts are kept for `kRetainTtls` x `pod_ttl` more: a subject that comes
+// back within that time continues from them, so a repeat of the same number
+// of failures is an increase Prometheus sees (restarting at 0 with the same
+// labels made "3 again" look like no change).  Every
 // series carries `node` (--node-name, the DaemonSet's NODE_NAME, else the
 // host name), so alerts and `imdstrace fleet` can name the node.
 #pragma once
@@ -39,7 +43,7 @@ public:
     void set_events_lost(std::uint64_t lost);
     // Prometheus text exposition format 0.0.4.
     std::string render(std::int64_t now_ms);
-    std::size_t pod_series() const;
+    std::size_t pod_series() const;  // subjects kept, shown or aged out of the exposition
 
 private:
     struct PodSeries {
@@ -50,6 +54,7 @@ private:
         std::int64_t last_ms = 0;
     };
     void age_out(std::int64_t now_ms);
+    static constexpr int kRetainTtls = 6;  // counts kept for 6 x pod_ttl (an hour by default)
 
     mutable std::mutex mu_;
     std::string node_;

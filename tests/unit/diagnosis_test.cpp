@@ -590,6 +590,26 @@ TEST(Diagnosis, OldConnectionsSayTheHopLimitChangedOnlyWhenItDid) {
     }
 }
 
+// Only a response carries the hop limit (IMDS sets its TTL): an old
+// connection's *request* dropped at TTL 1 says nothing about what the hop
+// limit was.
+TEST(Diagnosis, OldConnectionsRequestDropsSayNothingOfTheHopLimit) {
+    auto old = hop_failure(pod("a", "b"), "198.18.1.5:40000", 1, 1);
+    old.opened_before_tracing = true;
+    old.drops[0].count = 1;
+    old.drops[0].response = false;
+    auto now = rec(std::nullopt, "198.18.0.2:1", Verdict::ok, req("PUT", "/latest/api/token"));
+    now.status = 200;
+    now.ttl_at_node = 2;
+    now.hops = 0;
+    DiagnosisBuilder b;
+    b.add(old);
+    b.add(now);
+    auto text = format_diagnosis(b.build(10, {}));
+    EXPECT_NE(text.find("the kernel dropped 1 request at ip_forward"), std::string::npos) << text;
+    EXPECT_EQ(text.find("the hop limit was lower"), std::string::npos) << text;
+}
+
 TEST(Diagnosis, NodeLocalAgentFixNamesTheAgentNotImds) {
     DiagnosisBuilder b;
     auto t = rec(pod("a", "b"), "198.18.1.5:1", Verdict::no_response, req("GET", "/v1/credentials"));

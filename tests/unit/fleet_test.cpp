@@ -3,6 +3,8 @@
 // and reading a rotated set back in order.
 #include <gtest/gtest.h>
 
+#include "cases_dir.hpp"
+
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -205,13 +207,8 @@ TEST(Fleet, NodesFailingPodsGroupsAndTheFix) {
     EXPECT_NE(text.find("12 events lost"), std::string::npos) << text;
 }
 
-// deploy/prometheus-rules.yaml: beside tests/cases in the source tree, and in
-// the kernel matrix's guest (IMDSTRACE_CASES_DIR/../../deploy).
-std::string deploy_file(const char* name) {
-    const char* env = std::getenv("IMDSTRACE_CASES_DIR");
-    std::string cases = env != nullptr && *env != '\0' ? env : IMDSTRACE_CASES_DIR;
-    return cases + "/../../deploy/" + name;
-}
+// deploy/ beside tests/cases, in the source tree and in the kernel matrix's guest.
+std::string deploy_file(const char* name) { return test::cases_dir() + "/../../deploy/" + name; }
 
 std::string without_spaces(std::string s) {
     std::erase_if(s, [](unsigned char c) { return std::isspace(c) != 0; });

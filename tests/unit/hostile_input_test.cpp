@@ -4,6 +4,8 @@
 // leak a token value or make it claim what it did not see.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+
+#include "cases_dir.hpp"
 #include <unistd.h>
 
 #include <atomic>
@@ -32,12 +34,7 @@ extern std::atomic<std::uint64_t> g_allocations;
 
 namespace {
 
-// The input files in tests/cases: where the build put them, or where the kernel
-// matrix's guest has them (IMDSTRACE_CASES_DIR in the environment).
-const std::string kCases = [] {
-    const char* env = std::getenv("IMDSTRACE_CASES_DIR");
-    return std::string(env != nullptr && *env != '\0' ? env : IMDSTRACE_CASES_DIR);
-}();
+const std::string kCases = test::cases_dir();
 
 std::span<const std::uint8_t> bytes(std::string_view s) {
     return {reinterpret_cast<const std::uint8_t*>(s.data()), s.size()};

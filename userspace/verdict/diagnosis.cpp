@@ -554,19 +554,21 @@ std::string set_aside_reason(const TransactionRecord& r) {
 }
 
 void DiagnosisBuilder::add(const TransactionRecord& r) {
-    auto count_drops = [&r](std::map<std::string, std::uint64_t>& into) {
-        for (const auto& dr : r.drops)
-            if (!endpoint_bookkeeping(dr))
-                into[fmt::format("{} {}at {}{}{} (TTL {})", dr.response ? "responses" : "requests", "", dr.location,
-                                 dr.reason.empty() ? "" : ", reason ", dr.reason, dr.ttl)] += dr.count;
+    // `lowest_response_ttl`, when given: the lowest TTL of a dropped response
+    // (only a response carries the hop limit IMDS set).
+    auto count_drops = [&r](std::map<std::string, std::uint64_t>& into,
+                            std::optional<int>* lowest_response_ttl = nullptr) {
+        for (const auto& dr : r.drops) {
+            if (endpoint_bookkeeping(dr)) continue;
+            into[fmt::format("{} {}at {}{}{} (TTL {})", dr.response ? "responses" : "requests", "", dr.location,
+                             dr.reason.empty() ? "" : ", reason ", dr.reason, dr.ttl)] += dr.count;
+            if (lowest_response_ttl && dr.response)
+                *lowest_response_ttl = std::min(lowest_response_ttl->value_or(255), static_cast<int>(dr.ttl));
+        }
     };
     if (r.opened_before_tracing) {
         ++set_aside_.opened_before_tracing;
-        count_drops(set_aside_.opened_before_tracing_drops);
-        for (const auto& dr : r.drops)
-            if (!endpoint_bookkeeping(dr))
-                set_aside_.opened_before_tracing_lowest_ttl =
-                    std::min(set_aside_.opened_before_tracing_lowest_ttl.value_or(255), static_cast<int>(dr.ttl));
+        count_drops(set_aside_.opened_before_tracing_drops, &set_aside_.opened_before_tracing_lowest_ttl);
         return;
     }
     if (r.incomplete && r.events_lost) ++set_aside_.incomplete_pods[r.subject()];

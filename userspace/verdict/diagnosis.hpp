@@ -58,7 +58,7 @@ struct SetAside {
     // (TTL 1)" -> count): leftovers of connections made before tracing.
     std::uint64_t opened_before_tracing = 0;
     std::map<std::string, std::uint64_t> opened_before_tracing_drops;
-    std::optional<int> opened_before_tracing_lowest_ttl;  // the lowest TTL among those drops
+    std::optional<int> opened_before_tracing_lowest_ttl;  // the lowest TTL of those dropped responses
     // Transactions whose opening was not seen while events were lost: new
     // ones whose SYN was lost, or leftovers of connections made before
     // tracing (after a fix, their retransmitted answers still carry the old
